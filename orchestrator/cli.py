@@ -1,0 +1,196 @@
+"""The ``orchestrator`` command line. Subcommands load lazily, so ``plan`` stays fast.
+
+Exit status: 0 success, 1 the work ran but something failed (failed trials, drift found),
+2 usage error or invalid study (one message, no traceback; ``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import click
+
+from .errors import OrchestratorError
+
+if TYPE_CHECKING:
+    from .design import Plan
+    from .study import Study
+
+__all__ = ["main", "study_script_main"]
+
+# name -> "module:attribute" of a click.Command; imported only when used.
+COMMANDS: dict[str, str] = {
+    "plan": "orchestrator.cli:plan_command",
+    "run": "orchestrator.cli_run:run",
+    "status": "orchestrator.cli_run:status",
+    "ui": "orchestrator.cli_run:ui",
+    "executions": "orchestrator.cli_run:executions",
+    "analyze": "orchestrator.cli_analysis:analyze",
+    "report": "orchestrator.cli_analysis:report",
+    "schedule": "orchestrator.cli_schedule:schedule",
+    "compare": "orchestrator.cli_schedule:compare",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use, and which turns errors into exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._load(name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None
+            raise
+        return getattr(module, attr, None)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchestratorError as exc:
+            if ctx.meta.get("orchestrator.debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="numerics-orchestrator", prog_name="orchestrator")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Controlled experiments on training numerics: plan, run on Ray, record in MLflow, analyze."""
+    ctx.meta["orchestrator.debug"] = debug
+
+
+def load(study_ref: str, variant: str | None) -> "Study":
+    """Load a study file for a command (errors become exit status 2)."""
+    from .loader import load_study
+
+    return load_study(study_ref, variant)
+
+
+variant_option = click.option("--variant", "-v", default=None, help="Variant of the study (default: full).")
+
+
+@click.command("plan")
+@click.argument("study")
+@variant_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def plan_command(study: str, variant: str | None, fmt: str) -> None:
+    """Print the design of STUDY (a file or a name in studies/): one row per trial."""
+    from .design import make_plan
+
+    plan = make_plan(load(study, variant))
+    if fmt == "json":
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+    elif fmt == "csv":
+        click.echo(plan_csv(plan), nl=False)
+    else:
+        print_plan(plan)
+
+
+def plan_rows(plan: "Plan") -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the design table (one row per trial, in run order)."""
+    factors = plan.study.factor_names
+    streams = list(plan.study.seed_streams)
+    header = ["order", "trial_id", "cell_id", "replicate", *factors, *(f"seed_{s}" for s in streams)]
+    if plan.study.block_by:
+        header.insert(1, "block")
+    rows = []
+    for t in plan.trials:
+        row = [t.order, t.trial_id, t.cell_id, t.replicate, *(t.levels.get(f, "") for f in factors), *(t.seeds[s] for s in streams)]
+        if plan.study.block_by:
+            row.insert(1, t.block)
+        rows.append(row)
+    return header, rows
+
+
+def plan_csv(plan: "Plan") -> str:
+    """The design table as CSV (also logged as the parent run's design artifact)."""
+    header, rows = plan_rows(plan)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def print_plan(plan: "Plan") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = plan_rows(plan)
+    needed = sum(max(len(_short(v)) for v in [h, *(r[i] for r in rows)]) + 3 for i, h in enumerate(header)) + 4
+    console = Console(width=max(100, needed), soft_wrap=True)
+    study = plan.study
+    counts = plan.counts
+    design = study.design.to_dict()["kind"]
+    if plan.resolution:
+        design += f", resolution {_roman(plan.resolution)}"
+    console.print(f"[bold]{study.name}[/bold] (variant {study.variant}): {study.description}".rstrip(": "))
+    console.print(
+        f"design: {design}; workload: {study.workload}; cells: {counts['cells']}; trials: {counts['trials']} "
+        f"({counts['trials_per_cell']} per cell); excluded cells: {counts['excluded_cells']}; "
+        f"resources: {counts['resources']['cpus']:g} CPU, {counts['resources']['gpus']:g} GPU in total"
+    )
+    table = Table(*header, title="trials in run order", show_lines=False)
+    for row in rows:
+        table.add_row(*(_short(v) for v in row))
+    console.print(table)
+    if plan.aliases:
+        console.print(f"defining relation: I = {' = '.join(plan.defining_relation)}")
+        aliases = Table("effect", "letters", "aliased with (up to two-factor interactions)", title="alias table")
+        for row in plan.aliases:
+            aliases.add_row(row.effect, row.letters, " = ".join(f"{n} ({l})" for n, l in zip(row.aliases, row.alias_letters)) or "(clear)")
+        console.print(aliases)
+    for item in plan.excluded:
+        console.print(f"excluded {item['cell_id']} {item['levels']}: {item['reason']}")
+    for item in plan.audit:
+        for finding in item["findings"]:
+            console.print(f"[yellow]audit[/yellow] {item['cell_id']} {item['levels']}: {finding['message']}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _roman(n: int) -> str:
+    return {3: "III", 4: "IV", 5: "V", 6: "VI", 7: "VII", 8: "VIII"}.get(n, str(n))
+
+
+main.add_command(plan_command)
+
+
+def study_script_main(study: "Study", argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python studies/x.py [COMMAND] [OPTIONS]`` (COMMAND defaults to ``run``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = study.source_file or getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        raise SystemExit("error: cannot tell which file this study lives in; run `orchestrator run FILE` instead")
+    command = "run"
+    debug = []
+    while args and args[0] == "--debug":
+        debug.append(args.pop(0))
+    if args and not args[0].startswith("-"):
+        command = args.pop(0)
+    if command not in COMMANDS:
+        raise SystemExit(f"error: unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    main.main(args=[*debug, command, str(Path(path)), *args], prog_name=f"python {path}")
