@@ -305,6 +305,7 @@ class Plan:
     defining_relation: list[str] = field(default_factory=list)
     resolution: int | None = None
     audit: list[dict[str, Any]] = field(default_factory=list)
+    generators: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -341,6 +342,7 @@ class Plan:
             "design": {
                 **study.design.to_dict(),
                 "resolution": self.resolution,
+                "generators": self.generators or study.design.to_dict().get("generators"),
                 "defining_relation": self.defining_relation,
             },
             "factors": [f.to_dict() for f in study.factors],
@@ -433,6 +435,7 @@ def make_plan(study: "Study") -> Plan:
     aliases: list[AliasRow] = []
     relation: list[str] = []
     resolution = None
+    used_generators: list[str] = []
     k = len(study.factors)
     if isinstance(study.design, Fractional):
         generators = _fractional_generators(study.design, k)
@@ -442,6 +445,7 @@ def make_plan(study: "Study") -> Plan:
         words = defining_relation(generators)
         relation = [_text(w) for w in words]
         resolution = min(len(w) for w in words)
+        used_generators = [f"{letter}={_text(word)}" for letter, word in generators]
     elif isinstance(study.design, PlackettBurman):
         raw_cells = _two_level_cells(study, plackett_burman_matrix(k, study.design.runs))
     else:
@@ -507,7 +511,7 @@ def make_plan(study: "Study") -> Plan:
     audit_rows = [
         {"cell_id": cid, "levels": next(l for l in raw_cells if make_cell_id(l) == cid), "findings": found} for cid, found in audit.items()
     ]
-    return Plan(study, cells, built, excluded, aliases, relation, resolution, audit_rows)
+    return Plan(study, cells, built, excluded, aliases, relation, resolution, audit_rows, used_generators)
 
 
 def _block(study: "Study", levels: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,183 @@
+"""The design engine against published tables and its own invariants."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from orchestrator import Factor, Fractional, FullFactorial, PlackettBurman, Study, Variant, make_plan
+from orchestrator.design import (
+    STANDARD_GENERATORS,
+    alias_table,
+    defining_relation,
+    fractional_matrix,
+    parse_generators,
+    plackett_burman_matrix,
+)
+
+VARIANTS = {"smoke": Variant(), "full": Variant()}
+
+
+def two_level_study(k: int, design, **extra) -> Study:
+    return Study(
+        name="t",
+        workload="synthetic",
+        factors=[Factor(f"f{i}", [-1, 1]) for i in range(k)],
+        metrics={"response": "minimize"},
+        design=design,
+        variants=VARIANTS,
+        **extra,
+    ).with_variant("full")
+
+
+# Montgomery, Design and Analysis of Experiments, Table 8.19: the 2^(7-4)_III design with
+# generators D=AB, E=AC, F=BC, G=ABC; main effects aliased with two-factor interactions.
+MONTGOMERY_7_4 = {
+    "A": {"BD", "CE", "FG"},
+    "B": {"AD", "CF", "EG"},
+    "C": {"AE", "BF", "DG"},
+    "D": {"AB", "CG", "EF"},
+    "E": {"AC", "BG", "DF"},
+    "F": {"BC", "AG", "DE"},
+    "G": {"CD", "BE", "AF"},
+}
+
+
+def test_seven_factor_resolution_three_matches_the_published_alias_table():
+    plan = make_plan(two_level_study(7, Fractional(resolution=3)))
+    assert plan.counts["trials"] == 8
+    assert plan.resolution == 3
+    table = {row.letters: set(row.alias_letters) for row in plan.aliases}
+    assert table == MONTGOMERY_7_4
+    assert plan.defining_relation[:7] == ["ABD", "ACE", "AFG", "BCF", "BEG", "CDG", "DEF"]
+
+
+def test_five_factor_resolution_five_has_sixteen_runs_and_clear_effects():
+    plan = make_plan(two_level_study(5, Fractional(resolution=5)))
+    assert plan.counts["trials"] == 16
+    assert plan.resolution == 5
+    assert plan.defining_relation == ["ABCDE"]
+    # resolution V: no main effect or two-factor interaction is aliased with another of order <= 2
+    assert all(row.aliases == () for row in plan.aliases)
+
+
+@pytest.mark.parametrize(("k", "p"), sorted(STANDARD_GENERATORS))
+def test_every_tabled_design_has_its_stated_resolution_and_is_orthogonal(k, p):
+    resolution, generators = STANDARD_GENERATORS[(k, p)]
+    parsed, problems = parse_generators(generators, k)
+    assert problems == []
+    assert min(len(w) for w in defining_relation(parsed)) == resolution
+    matrix = fractional_matrix(parsed, k)
+    assert len(matrix) == 2 ** (k - p)
+    for a, b in itertools.combinations(range(k), 2):
+        assert sum(row[a] * row[b] for row in matrix) == 0
+    assert len({tuple(r) for r in matrix}) == len(matrix)
+
+
+def test_explicit_generators_give_the_same_design_as_the_table():
+    by_table = make_plan(two_level_study(7, Fractional(resolution=3)))
+    by_generators = make_plan(two_level_study(7, Fractional(generators=["D=AB", "E=AC", "F=BC", "G=ABC"])))
+    assert [c.cell_id for c in by_table.cells] == [c.cell_id for c in by_generators.cells]
+
+
+def test_fractional_by_runs_picks_the_tabled_fraction():
+    plan = make_plan(two_level_study(6, Fractional(runs=16)))
+    assert plan.counts["cells"] == 16 and plan.resolution == 4
+
+
+@pytest.mark.parametrize("runs", [8, 12, 16, 20, 24])
+def test_plackett_burman_columns_are_balanced_and_orthogonal(runs):
+    matrix = plackett_burman_matrix(runs - 1, runs)
+    assert len(matrix) == runs
+    for a in range(runs - 1):
+        assert sum(row[a] for row in matrix) == 0
+        for b in range(a + 1, runs - 1):
+            assert sum(row[a] * row[b] for row in matrix) == 0
+
+
+def test_plackett_burman_picks_the_smallest_size():
+    plan = make_plan(two_level_study(11, PlackettBurman()))
+    assert plan.counts["cells"] == 12
+
+
+def test_alias_table_uses_factor_names_joined_like_interaction_terms():
+    parsed, _ = parse_generators(["D=AB"], 4)
+    rows = alias_table(parsed, ["opt", "lr", "prec", "order"])
+    first = rows[0]
+    assert first.effect == "opt" and first.aliases == ("lr:order",)
+
+
+def nested_study(**extra) -> Study:
+    return Study(
+        name="nested",
+        workload="synthetic",
+        factors=[
+            Factor("optimizer", ["sgd", "adam"]),
+            Factor("lr", {"sgd": [0.1, 0.01], "adam": [1e-3]}, nested_in="optimizer"),
+            Factor("precision", ["fp32", "bf16"]),
+        ],
+        metrics={"response": "minimize"},
+        variants=VARIANTS,
+        **extra,
+    ).with_variant("full")
+
+
+def test_nested_factor_levels_depend_on_the_parent():
+    plan = make_plan(nested_study())
+    pairs = {(c.levels["optimizer"], c.levels["lr"]) for c in plan.cells}
+    assert pairs == {("sgd", 0.1), ("sgd", 0.01), ("adam", 1e-3)}
+    assert plan.counts["cells"] == 6
+
+
+def test_exclusions_leave_cells_out_and_say_why():
+    plan = make_plan(nested_study(exclude=[{"optimizer": "adam", "precision": "bf16"}]))
+    assert plan.counts["cells"] == 5
+    assert plan.excluded[0]["levels"] == {"optimizer": "adam", "lr": 1e-3, "precision": "bf16"}
+    assert plan.excluded[0]["reason"] == "exclude[0]"
+
+
+def test_seeds_are_shared_across_cells_by_default_and_distinct_per_stream():
+    plan = make_plan(nested_study(replicates=3))
+    by_replicate = {}
+    for t in plan.trials:
+        by_replicate.setdefault(t.replicate, set()).add(tuple(sorted(t.seeds.items())))
+    assert all(len(seeds) == 1 for seeds in by_replicate.values())
+    seeds = [t.seeds for t in plan.trials if t.replicate == 0][0]
+    assert len(set(seeds.values())) == 3
+    assert len({tuple(sorted(t.seeds.items())) for t in plan.trials}) == 3
+
+
+def test_cell_scoped_seeds_differ_between_cells():
+    plan = make_plan(nested_study(seed_scope="cell"))
+    assert len({t.seeds["init"] for t in plan.trials}) == plan.counts["cells"]
+
+
+def test_crossed_seed_streams_vary_independently():
+    plan = make_plan(nested_study(replicates=2, seed_streams={"init": 3, "data": "replicate", "reduction": "fixed"}))
+    assert plan.counts["trials_per_cell"] == 6
+    cell = plan.cells[0].cell_id
+    trials = [t for t in plan.trials if t.cell_id == cell]
+    assert {(t.seed_index["init"], t.seed_index["data"]) for t in trials} == {(i, r) for i in range(3) for r in range(2)}
+    assert len({t.seeds["reduction"] for t in plan.trials}) == 1
+    assert len({t.trial_id for t in plan.trials}) == len(plan.trials)
+
+
+def test_replicates_with_identical_seeds_are_still_distinct_trials():
+    plan = make_plan(nested_study(replicates=3, seed_streams={"init": "fixed"}))
+    assert len({t.trial_id for t in plan.trials}) == len(plan.trials)
+
+
+def test_run_order_is_randomized_with_the_study_seed_and_reproducible():
+    a = [t.trial_id for t in make_plan(nested_study(replicates=2, seed=1)).trials]
+    b = [t.trial_id for t in make_plan(nested_study(replicates=2, seed=1)).trials]
+    standard = [t.trial_id for t in make_plan(nested_study(replicates=2, seed=1, run_order="standard")).trials]
+    assert a == b
+    assert sorted(a) == sorted(standard) and a != standard
+
+
+def test_blocking_keeps_each_block_together_in_level_order():
+    plan = make_plan(nested_study(replicates=2, block_by="precision"))
+    blocks = [t.block for t in plan.trials]
+    assert blocks == ["fp32"] * 6 + ["bf16"] * 6
+    assert [t.order for t in plan.trials] == list(range(12))
