@@ -9,7 +9,7 @@ import click
 
 from .cli import load, variant_option
 
-__all__ = ["schedule"]
+__all__ = ["compare", "schedule"]
 
 
 @click.command("schedule")
@@ -66,3 +66,86 @@ def schedule(study: str, cron: str, variant: str | None, fmt: str, image: str | 
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@click.command("compare")
+@click.argument("study")
+@click.option("--baseline", required=True, help="Execution id of the baseline, or 'previous' (the one before the candidate).")
+@click.option("--candidate", required=True, help="Execution id of the candidate, or 'latest'.")
+@variant_option
+@click.option("--metric", "metrics", multiple=True, help="Response metric(s) to compare (default: the study's metrics).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise error rate across cells (Holm).")
+@click.option("--margin", type=float, default=0.0, show_default=True, help="Equivalence margin: mean changes smaller than this are not drift.")
+@click.option("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or mlflow/ here).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for drift.md and drift.html (default: a temporary folder).")
+def compare(study: str, baseline: str, candidate: str, variant: str | None, metrics: tuple[str, ...], alpha: float, margin: float, tracking_uri: str | None, fmt: str, out: str | None) -> None:
+    """Did anything change between two executions of STUDY? Exit 0: no drift, 1: drift, 2: usage error.
+
+    The drift report (Markdown and HTML) is logged to the candidate's parent MLflow run.
+    """
+    import json
+    import tempfile
+
+    from . import tracking
+    from .compare import compare_executions
+    from .errors import OrchestratorError, did_you_mean
+
+    loaded = load(study, variant)
+    executions = tracking.list_executions(loaded, tracking_uri=tracking_uri)
+    ids = [e["execution_id"] for e in executions]  # oldest first
+
+    def resolve(ref: str, relative_to: str | None) -> str:
+        if ref == "latest" and ids:
+            return ids[-1]
+        if ref == "previous" and relative_to in ids and ids.index(relative_to) > 0:
+            return ids[ids.index(relative_to) - 1]
+        if ref in ids:
+            return ref
+        matches = [i for i in ids if i.startswith(ref)] if len(ref) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        found = ", ".join(ids) or "none"
+        raise OrchestratorError(
+            f"execution {ref!r} of study {loaded.name!r} not found: expected an execution id, 'latest' or 'previous' "
+            f"(needs an execution before the candidate). Executions, oldest first: {found}. {did_you_mean(ref, ids) if ids else ''}".rstrip()
+        )
+
+    candidate_id = resolve(candidate, None)
+    baseline_id = resolve(baseline, candidate_id)
+    if baseline_id == candidate_id:
+        raise OrchestratorError(f"--baseline and --candidate are the same execution ({baseline_id}); compare two different executions")
+    unknown = [m for m in metrics if m not in {x.name for x in loaded.metrics} and m != "diverged"]
+    if unknown:
+        names = [x.name for x in loaded.metrics]
+        raise OrchestratorError(f"--metric {unknown[0]!r} is not a metric of study {loaded.name!r}. {did_you_mean(unknown[0], names)}")
+    base, base_meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=baseline_id)
+    cand, cand_meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=candidate_id)
+    try:
+        report = compare_executions(
+            base, cand, study=loaded.name, factors=loaded.factor_names, metrics=list(metrics) or [m.name for m in loaded.metrics],
+            baseline_id=baseline_id, candidate_id=candidate_id, alpha=alpha, margin=margin,
+            environment=(base_meta.get("environment") or {}, cand_meta.get("environment") or {}),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="drift-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "drift.md").write_text(report.to_markdown())
+    (folder / "drift.html").write_text(report.to_html())
+    (folder / "drift.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    tracking.log_artifacts(loaded, folder, execution=candidate_id, tracking_uri=tracking_uri, artifact_path="drift")
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    elif fmt == "markdown":
+        click.echo(report.to_markdown(), nl=False)
+    else:
+        changed = sorted({c.cell_id for c in report.changed_cells})
+        click.echo(f"{loaded.name}: baseline {baseline_id} vs candidate {candidate_id}: " + (f"DRIFT in {len(changed)} cell(s)" if changed else "no drift"))
+        for cell in report.changed_cells:
+            click.echo(f"  {cell.cell_id} {cell.levels} {cell.metric}: {'; '.join(cell.reasons)}")
+        for key, (a, b) in report.environment.items():
+            click.echo(f"  environment {key}: {a} -> {b}")
+        click.echo(f"report: {folder / 'drift.html'}")
+    if report.drift:
+        raise SystemExit(1)
