@@ -47,6 +47,7 @@ def synthetic(ctx: TrialContext) -> dict[str, float]:
     """Planted-effect response; see the module docstring for the parameters."""
     config = ctx.config
     levels = ctx.levels
+    ctx.record("deterministic", True)  # a pure function of levels, parameters and seeds
     if _matches(levels, config.get("fail_when")):
         raise RuntimeError(f"synthetic failure planted for levels {dict(config['fail_when'])}")
 
