@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from orchestrator.analysis._engine import Engine, Term
+from orchestrator.analysis._engine import Engine, Term, _independent
 from orchestrator.analysis._prepare import Prepared, level_label, prepare
 
 if TYPE_CHECKING:
@@ -289,7 +289,6 @@ def analyze(
         model.append(t)
         estimable_fixed.append(t)
     reml_terms: list[Term] = []
-    crossed: list[Term] = []
     for t in eng.terms:
         if t.kind != "random":
             continue
@@ -298,18 +297,31 @@ def analyze(
                          "them): its variance cannot be estimated and it is left out.")
             continue
         reml_terms.append(t)
-        if len(t.kept) == t.nominal_df:
-            crossed.append(t)
-        else:
-            notes.append(f'random factor "{t.name}" is nested in or confounded with other factors: it is estimated by '
-                         "REML but left out of the ANOVA table, whose fixed-effect F tests use the residual.")
-    model += crossed
+    # A fixed term confounded with random factors is estimated only from differences between
+    # their levels; the residual is the wrong error term for it (npk: N:P:K with blocks).
+    between: dict[str, str] = {}
+    if reml_terms:
+        rcols = np.concatenate([t.columns for t in reml_terms])
+        for t in estimable_fixed:
+            others = np.concatenate([rcols] + [s.columns for s in estimable_fixed if s is not t])
+            gain = len(_independent(eng.G, np.concatenate([others, t.columns]))) - len(_independent(eng.G, others))
+            if gain < len(t.kept):
+                names = [r.name for r in reml_terms]
+                between[t.name] = ", ".join(names)
+                notes.append(f"{t.name} is confounded with random factor(s) {', '.join(names)}: it is estimated from "
+                             "differences between their levels, so its F test against the residual is not valid and "
+                             "is not reported.")
+    crossed = reml_terms
+    model += reml_terms
     fixed_cols = eng.columns([eng.terms[0]] + estimable_fixed)
     model_cols = eng.columns(model)
     df_res = int(round(n)) - len(model_cols)
 
     # Sums of squares and the ANOVA table.
     ss, rss = eng.sums_of_squares(model, ss_type)
+    if between:  # sequential, as R's Error() strata: the confounded term before the random factors
+        ss_fixed, _ = eng.sums_of_squares([t for t in model if t.kind != "random"], ss_type)
+        ss.update({k: ss_fixed[k] for k in between})
     rss = float(rss[0])
     ss_total = eng.yy - eng.c[0] ** 2 / n
     ms_res = rss / df_res if df_res > 0 else float("nan")
@@ -336,7 +348,7 @@ def analyze(
     # Bootstrap.
     rng = np.random.default_rng(seed)
     boot = _bootstrap(eng, model, ss_type, mixed, reml_terms, beta, comp, sigma2, theta, estimable_fixed + crossed,
-                      df_res, bootstrap, rng) if bootstrap and df_res > 0 else None
+                      df_res, bootstrap, rng, between) if bootstrap and df_res > 0 else None
 
     anova_rows: list[dict[str, Any]] = []
     for t in model[1:]:
@@ -345,7 +357,8 @@ def analyze(
         F = (sst / dft) / ms_res if df_res > 0 else float("nan")
         row = {
             "term": t.name, "kind": t.kind, "df": dft, "sum_sq": _f(sst * s2), "mean_sq": _f(sst / dft * s2),
-            "F": _f(F), "p": _f(stats.f.sf(F, dft, df_res)) if df_res > 0 else None,
+            "F": _f(F) if t.name not in between else None,
+            "p": _f(stats.f.sf(F, dft, df_res)) if df_res > 0 and t.name not in between else None,
             "eta_sq": _f(sst / ss_total), "partial_eta_sq": _f(sst / (sst + rss)) if df_res > 0 else None,
             "omega_sq": _f((sst - dft * ms_res) / (ss_total + ms_res)) if df_res > 0 else None,
             "eta_sq_ci": _ci(boot["eta"][t.name]) if boot else None,
@@ -417,7 +430,8 @@ def _fitted(eng: Engine, cols: np.ndarray, gcodes: dict[str, np.ndarray], row_gr
 
 
 def _bootstrap(eng: Engine, model: list[Term], ss_type: int, mixed, reml_terms: list[Term], beta, comp, sigma2: float,
-               theta, terms: list[Term], df_res: int, B: int, rng: np.random.Generator) -> dict[str, Any] | None:
+               theta, terms: list[Term], df_res: int, B: int, rng: np.random.Generator,
+               between: Mapping[str, str] = {}) -> dict[str, Any] | None:
     """Parametric bootstrap on sufficient statistics.
 
     Simulate ``y* = X beta + sum Z_k u_k + e`` with ``u_k ~ N(0, sigma_k^2)`` and
@@ -444,6 +458,9 @@ def _bootstrap(eng: Engine, model: list[Term], ss_type: int, mixed, reml_terms: 
     c = G @ b + eps
     yy = np.einsum("ij,ij->j", b, G @ b) + 2 * np.einsum("ij,ij->j", b, eps) + ee
     ss, rss = eng.sums_of_squares(model, ss_type, c, yy)
+    if between:
+        ss_fixed, _ = eng.sums_of_squares([t for t in model if t.kind != "random"], ss_type, c, yy)
+        ss.update({k: ss_fixed[k] for k in between})
     ss_total = yy - c[0] ** 2 / n
     ms_res = rss / df_res
     out: dict[str, Any] = {"eta": {}, "peta": {}, "omega": {}, "comp": {}, "share": {}, "failed": 0}

@@ -94,7 +94,7 @@ def _rank_anova(prep: Prepared, ss_type: int) -> list[dict[str, Any]]:
     factors = prep.fixed + prep.random
     gcodes, nlev, counts, sums, sumsq, _, _, _ = _group(ranked, factors)
     eng = Engine(gcodes, nlev, prep.terms, prep.random, counts, sums, sumsq)
-    model = [t for t in eng.terms if len(t.kept) and (t.kind != "random" or len(t.kept) == t.nominal_df)]
+    model = [t for t in eng.terms if t.kind == "intercept" or len(t.kept)]
     ss, rss = eng.sums_of_squares(model, ss_type)
     df_res = int(round(eng.n)) - len(eng.columns(model))
     if df_res <= 0:
