@@ -49,6 +49,32 @@ def _ci(samples: np.ndarray | None) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
+def _ci_pivot(estimate: float, samples: np.ndarray | None, scale: str) -> list[float] | None:
+    """Basic (pivotal) bootstrap interval on the log or logit scale, else the percentile interval.
+
+    For a variance, ``estimate / truth`` is close to pivotal on the log scale (exactly so for
+    the residual variance), where the percentile interval of a skewed estimator covers
+    poorly. A share is treated the same way on the logit scale. When the estimate sits at a
+    boundary (0) or too many replicates do, the percentile interval is used, starting at 0.
+    """
+    if samples is None:
+        return None
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    if len(s) < 10:
+        return None
+    a = 50 * (1 - CI_LEVEL)
+    lo, hi = np.percentile(s, [a, 100 - a])
+    upper_ok = scale == "log" or hi < 1
+    if estimate <= 0 or lo <= 0 or not upper_ok or (scale == "logit" and estimate >= 1):
+        return [float(max(lo, 0.0)) if estimate > 0 else 0.0, float(hi)]
+    if scale == "log":
+        f, inv = np.log, np.exp
+    else:
+        f, inv = (lambda x: np.log(x / (1 - x))), (lambda x: 1 / (1 + np.exp(-x)))
+    return [float(inv(2 * f(estimate) - f(hi))), float(inv(2 * f(estimate) - f(lo)))]
+
+
 @dataclass
 class AnalysisResult:
     """What ``analyze`` found. ``to_dict()`` is the documented JSON; ``summary()`` the terminal text.
@@ -382,11 +408,13 @@ def analyze(
             notes.append(f'the variance of random factor "{t.name}" is estimated at zero (a boundary estimate): the '
                          "data show no spread between its levels beyond the residual; its interval starts at 0.")
         vc_rows.append({"component": t.name, "variance": _f(v * s2), "sd": _f(math.sqrt(max(v, 0)) * scale),
-                        "ci": _ci(boot["comp"][t.name] * s2) if boot else None, "boundary": boundary,
+                        "ci": _ci_pivot(v * s2, boot["comp"][t.name] * s2, "log") if boot else None,
+                        "boundary": boundary,
                         "levels": nlev[t.name], "method": "REML",
                         "mom_variance": _f(mom[t.name] * s2) if t.name in mom else None})
     vc_rows.append({"component": "Residual", "variance": _f(sigma2 * s2), "sd": _f(math.sqrt(sigma2) * scale)
-                    if df_res > 0 else None, "ci": _ci(boot["sigma2"] * s2) if boot else None, "boundary": False,
+                    if df_res > 0 else None, "ci": _ci_pivot(sigma2 * s2, boot["sigma2"] * s2, "log") if boot else None,
+                    "boundary": False,
                     "levels": None, "method": "REML" if reml_terms else "residual mean square", "mom_variance": None})
 
     share_rows: list[dict[str, Any]] = []
@@ -400,7 +428,7 @@ def analyze(
         total_var = sum(p[2] for p in parts)
         for name, kind, v in parts:
             share_rows.append({"source": name, "kind": kind, "variance": _f(v * s2), "share": _f(v / total_var),
-                               "ci": _ci(boot["share"][name]) if boot else None})
+                               "ci": _ci_pivot(v / total_var, boot["share"][name], "logit") if boot else None})
 
     result = AnalysisResult(
         response=prep.response, transform=prep.transform, n=prep.n, n_total=len(prep.everything), ss_type=ss_type,
@@ -417,7 +445,9 @@ def analyze(
     fitted_z = _fitted(eng, model_cols, gcodes, row_group)
     residuals = (prep.data["_y"].to_numpy(float) - centre) / scale - fitted_z
     extras.add_diagnostics(result, prep, residuals * scale, df_res)
-    extras.add_spread(result, prep, residuals * scale, spread_factors, seed=seed)
+    # Spread is judged on residuals from the fixed effects alone, so it includes the seed streams.
+    fixed_resid = (prep.data["_y"].to_numpy(float) - centre) / scale - _fitted(eng, fixed_cols, gcodes, row_group)
+    extras.add_spread(result, prep, fixed_resid * scale, spread_factors, seed=seed)
     return result
 
 
@@ -475,7 +505,7 @@ def _bootstrap(eng: Engine, model: list[Term], ss_type: int, mixed, reml_terms: 
         idx = np.concatenate([mixed.z, mixed.x])
         for r in range(B):
             try:
-                v, s2r, _, _ = mixed.fit(c[idx, r], float(yy[r]), start=theta)
+                v, s2r, _, _ = mixed.fit(c[idx, r], float(yy[r]), start=theta, quick=True)
                 comps[:, r], sig[r] = v, s2r
             except Exception:  # a refit that fails is counted and reported, never silently used
                 comps[:, r], sig[r] = np.nan, np.nan
