@@ -1,0 +1,182 @@
+"""``orchestrator analyze`` and ``orchestrator report``: the analysis on the command line.
+
+Registered lazily by ``orchestrator/cli.py``; nothing heavy is imported until a command runs.
+Usage errors (unknown column, bad option) exit with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from orchestrator.analysis import AnalysisResult
+
+__all__ = ["analyze", "report"]
+
+
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _load_study(study: str, variant: str | None, metric: str | None, tracking_uri: str | None) -> tuple["pd.DataFrame", dict[str, Any]]:
+    """A study's finished trials from MLflow, with the analysis choices its definition implies."""
+    from orchestrator.loader import load_study
+
+    try:
+        from orchestrator import tracking
+    except ImportError as exc:  # the execution component is not installed yet
+        raise click.UsageError(f"reading studies from MLflow needs orchestrator.tracking ({exc}). "
+                               "Export the results to CSV and use --csv FILE instead.") from None
+    loaded = load_study(study, variant)
+    df, meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri)
+    fixed = [f.name for f in loaded.factors if not getattr(f, "random", False)]
+    random = [f.name for f in loaded.factors if getattr(f, "random", False)]
+    # Seed streams with k crossed seeds are separable random factors; "replicate" streams are residual.
+    for name, policy in (getattr(loaded, "seed_streams", None) or {}).items():
+        if isinstance(policy, int) and not isinstance(policy, bool) and f"seed_{name}" in df.columns:
+            random.append(f"seed_{name}")
+    aliases = None
+    try:
+        from orchestrator.design import make_plan
+
+        rows = make_plan(loaded).aliases
+        if rows:
+            aliases = {r.effect: list(r.aliases) for r in rows}
+    except Exception:  # aliases are an aid; a design that cannot be re-planned is analysed without them
+        aliases = None
+    choice = {"response": metric or loaded.primary_metric.name, "fixed": fixed, "random": random,
+              "aliases": aliases, "study": loaded, "curves": meta.get("curves") if isinstance(meta, dict) else None}
+    return df, choice
+
+
+def _prepare(study: str | None, csv: str | None, variant: str | None, metric: str | None, response: str | None,
+             fixed: str | None, random: str | None, tracking_uri: str | None) -> tuple["pd.DataFrame", dict[str, Any]]:
+    if bool(study) == bool(csv):
+        raise click.UsageError("give either a STUDY or --csv FILE (not both, not neither)")
+    if csv:
+        import pandas as pd
+
+        if not response:
+            raise click.UsageError("--csv needs --response COL (the numeric column to explain)")
+        if not fixed and not random:
+            raise click.UsageError("--csv needs --fixed A,B and/or --random C (the factors)")
+        try:
+            df = pd.read_csv(csv)
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"cannot read {csv}: {exc}", param_hint="--csv") from None
+        return df, {"response": response, "fixed": _names(fixed), "random": _names(random), "aliases": None,
+                    "study": None, "curves": None}
+    df, choice = _load_study(study, variant, metric or response, tracking_uri)
+    if fixed is not None:
+        choice["fixed"] = _names(fixed)
+    if random is not None:
+        choice["random"] = _names(random)
+    return df, choice
+
+
+def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int, log: bool, bootstrap: int, seed: int,
+         spread_by: str | None) -> "AnalysisResult":
+    from orchestrator.analysis import AnalysisError, analyze as run_analysis
+
+    try:
+        return run_analysis(df, choice["response"], fixed=choice["fixed"], random=choice["random"],
+                            interactions=interactions, log=log, aliases=choice["aliases"], bootstrap=bootstrap,
+                            seed=seed, spread_by=spread_by)
+    except AnalysisError as exc:
+        raise click.UsageError(" ".join(str(exc).split())) from None
+
+
+def _common(fn):
+    options = [
+        click.argument("study", required=False),
+        click.option("--variant", "-v", default=None, help="Variant of the study (default: full)."),
+        click.option("--metric", "-m", default=None, help="Metric to analyse (default: the study's primary metric)."),
+        click.option("--csv", "csv", type=click.Path(dir_okay=False), default=None,
+                     help="Analyse a CSV of results instead of a study."),
+        click.option("--response", default=None, help="Response column (with --csv)."),
+        click.option("--fixed", default=None, help="Fixed factors, comma-separated: A,B."),
+        click.option("--random", "random_", default=None, help="Random factors (seed streams), comma-separated."),
+        click.option("--interactions", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Highest interaction order among fixed factors."),
+        click.option("--log", is_flag=True, help="Analyse log(response) (for losses)."),
+        click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
+                     help="Bootstrap replicates for the intervals (0: none)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option("--spread-by", default=None, help="Fixed factor within whose levels to estimate components."),
+        click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command("analyze")
+@_common
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plan-replicates", is_flag=True, help="Also say how many replicates detect --effect-size.")
+@click.option("--effect-size", type=float, default=None, help="Difference between two levels to detect (response units).")
+@click.option("--power", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
+def analyze(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
+            fixed: str | None, random_: str | None, interactions: int, log: bool, bootstrap: int, seed: int,
+            spread_by: str | None, tracking_uri: str | None, fmt: str, plan_replicates: bool,
+            effect_size: float | None, power: float, alpha: float) -> None:
+    """Attribute the variance of a metric to each factor of STUDY, or of a CSV (--csv).
+
+    \b
+    Examples:
+      orchestrator analyze --csv results.csv --response final_loss --fixed dtype,lr --random seed_init
+      orchestrator analyze my_study --metric final_loss --format json
+    """
+    if plan_replicates and (effect_size is None or effect_size <= 0):
+        raise click.BadParameter("--plan-replicates needs --effect-size X > 0 (a difference in response units)",
+                                 param_hint="--effect-size")
+    df, choice = _prepare(study, csv, variant, metric, response, fixed, random_, tracking_uri)
+    result = _run(df, choice, interactions, log, bootstrap, seed, spread_by)
+    if plan_replicates:
+        from orchestrator.analysis import AnalysisError
+
+        try:
+            result.power = result.plan_replicates(effect_size, power=power, alpha=alpha).to_dict()
+        except AnalysisError as exc:
+            raise click.UsageError(" ".join(str(exc).split())) from None
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        click.echo(result.summary(), nl=False)
+
+
+@click.command("report")
+@_common
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Folder for report.md, report.html and the plots (default: reports/<name>).")
+def report(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
+           fixed: str | None, random_: str | None, interactions: int, log: bool, bootstrap: int, seed: int,
+           spread_by: str | None, tracking_uri: str | None, out: str | None) -> None:
+    """Write a Markdown and a self-contained HTML report with plots; for a STUDY, log them to MLflow.
+
+    \b
+    Examples:
+      orchestrator report --csv results.csv --response final_loss --fixed dtype,lr --out reports/dtype
+      orchestrator report my_study
+    """
+    from orchestrator.analysis import write_report
+
+    df, choice = _prepare(study, csv, variant, metric, response, fixed, random_, tracking_uri)
+    result = _run(df, choice, interactions, log, bootstrap, seed, spread_by)
+    name = choice["study"].name if choice["study"] is not None else Path(csv).stem
+    folder = Path(out) if out else Path("reports") / name
+    paths = write_report(result, folder, curves=choice.get("curves"), title=f"{name}: {choice['response']}")
+    if choice["study"] is not None:
+        from orchestrator import tracking
+
+        tracking.log_artifacts(choice["study"], folder, tracking_uri=tracking_uri, artifact_path="analysis")
+        click.echo("logged to the study's parent MLflow run under artifacts/analysis")
+    for key, path in paths.items():
+        click.echo(f"{key}: {path}")
