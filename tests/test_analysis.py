@@ -240,3 +240,22 @@ def test_plan_from_a_pilot_result():
     plan = res.plan_replicates(effect_size=0.5)
     assert plan.rows[0]["term"] == "A" and plan.rows[0]["replicates_per_cell"] > 2
     assert plan.noise_variance == pytest.approx(sum(v["variance"] for v in res.variance_components))
+
+
+def test_monte_carlo_exact_test_agrees_with_full_enumeration():
+    from itertools import product as cartesian
+
+    from scipy.special import comb
+
+    from orchestrator.analysis.extras import exact_test
+
+    table = np.array([[3, 17], [8, 12], [1, 19]])
+    sizes, events = table.sum(axis=1), table[:, 0].sum()
+
+    def prob(x):
+        return np.prod([comb(n, k) for n, k in zip(sizes, x)]) / comb(sizes.sum(), events)
+
+    observed = prob(table[:, 0])
+    exact = sum(prob(x) for x in cartesian(*[range(n + 1) for n in sizes])
+                if sum(x) == events and prob(x) <= observed * (1 + 1e-7))
+    assert exact_test(table)["p"] == pytest.approx(exact, abs=0.006)
