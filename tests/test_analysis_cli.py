@@ -93,3 +93,12 @@ def test_write_report_with_learning_curves(tmp_path):
     paths = write_report(run(df, "breaks", fixed=["wool", "tension"], bootstrap=0), tmp_path, curves=curves)
     assert paths["curves_loss"].exists()
     assert "curves_loss" in (tmp_path / "report.md").read_text()
+
+
+def test_main_cli_group_runs_the_analysis_commands():
+    from orchestrator.cli import main
+
+    res = CliRunner().invoke(main, ["analyze", "--csv", WARP, "--response", "breaks", "--fixed", "wool,tension",
+                                    "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "wool:tension" in res.output and "Type II" in res.output
