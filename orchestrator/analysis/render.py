@@ -21,12 +21,12 @@ def fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
 
 
-def fmt_ci(ci: list[float] | None, pct: bool = False) -> str:
+def fmt_ci(ci: list[float] | None, pct: bool = False, digits: int = 3) -> str:
     if not ci:
         return "-"
     if pct:
         return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-    return f"[{fmt(ci[0], 3)}, {fmt(ci[1], 3)}]"
+    return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
 
 
 def fmt_p(p: float | None) -> str:
@@ -65,7 +65,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
             name = r["term"] + (" (random)" if r["kind"] == "random" else "")
             if r.get("aliases"):
                 name += " = " + " = ".join(r["aliases"])
-            om = "-" if r["omega_sq"] is None else f"{fmt(r['omega_sq'], 3)} {fmt_ci(r['omega_sq_ci'])}"
+            om = "-" if r["omega_sq"] is None else f"{fmt(r['omega_sq'], 2)} {fmt_ci(r['omega_sq_ci'], digits=2)}"
             t.add_row(name, str(r["df"]), fmt(r["sum_sq"]), fmt(r["mean_sq"]), fmt(r["F"]), fmt_p(r["p"]),
                       fmt(r["eta_sq"], 3), fmt(r["partial_eta_sq"], 3), om)
         con.print(t)
@@ -80,7 +80,12 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
         con.print(t)
 
     for s in result.spread:
-        if "brown_forsythe" not in s and not any("components" in lv for lv in s["levels"]):
+        has_components = any(lv.get("components") for lv in s["levels"])
+        if "brown_forsythe" not in s and not has_components:
+            continue
+        if not has_components and s["brown_forsythe"]["p"] >= 0.05:
+            con.print(f"Spread by level of {s['factor']}: no evidence of unequal spread "
+                      f"(Brown-Forsythe p={fmt_p(s['brown_forsythe']['p'])})")
             continue
         t = Table(title=f"Spread by level of {s['factor']}", title_justify="left")
         t.add_column("level")
