@@ -1,0 +1,31 @@
+"""The "Boris" bug: Adam's beta2 = 0.999 rounds to exactly 1.0 in bfloat16.
+
+Optimizer-state precision x beta2 x eps on a small real workload (digits). The plan shows
+the representability audit (beta2 = 0.999 -> 1.0 in bf16; eps = 1e-8 -> 0 in fp16), and
+the run shows what the affected cells actually do.
+"""
+
+from orchestrator import Factor, Study, Variant
+
+study = Study(
+    name="adam_precision",
+    description="What happens to Adam when beta2 or eps cannot be represented in the precision its state lives in?",
+    workload="digits",
+    factors=[
+        Factor("precision", ["fp32", "bf16", "fp16"]),
+        Factor("beta2", [0.99, 0.999, 0.9999]),
+        Factor("eps", [1e-8, 1e-6]),
+    ],
+    params={"optimizer": "adam", "lr": 1e-3, "model": "mlp", "width": 64, "epochs": 10, "batch_size": 64},
+    replicates=3,
+    seed_streams={"init": "replicate", "data": "replicate", "reduction": "fixed"},
+    metrics={"test_accuracy": "maximize", "test_loss": "minimize"},
+    seed=999,
+    variants={
+        "smoke": Variant(replicates=2, params={"epochs": 2}, levels={"precision": ["fp32", "bf16"], "eps": [1e-8]}),
+        "full": Variant(),
+    },
+)
+
+if __name__ == "__main__":
+    study.main()

@@ -1,0 +1,38 @@
+"""How much of the variance is numerics, how much is seeds, and in which regime?
+
+Reduction order x precision x learning-rate regime on digits, with the init, data and
+reduction seed streams crossed (each varied separately), so the analysis can attribute
+variance to each stream as a random factor. The regime is a factor whose learning rate and
+training length are nested in it: short/easy (small steps, few epochs) versus long/high.
+"""
+
+from orchestrator import Factor, Study, Variant
+
+study = Study(
+    name="reduction_order",
+    description="How much of the spread of digits test accuracy comes from the order of floating-point accumulation, versus the seeds, per precision and regime?",
+    workload="digits",
+    factors=[
+        Factor("reduction_order", ["fixed", "shuffled", "pairwise", "kahan"]),
+        Factor("precision", ["fp32", "bf16"]),
+        Factor("regime", ["short", "long"]),
+        Factor("lr", {"short": [0.05], "long": [0.5]}, nested_in="regime"),
+        Factor("epochs", {"short": [3], "long": [12]}, nested_in="regime"),
+    ],
+    params={"optimizer": "sgd", "model": "mlp", "width": 64, "batch_size": 32},
+    seed_streams={"init": 3, "data": 2, "reduction": 2},
+    metrics={"test_accuracy": "maximize", "test_loss": "minimize"},
+    seed=31337,
+    variants={
+        "smoke": Variant(
+            params={"width": 32},
+            levels={"reduction_order": ["fixed", "shuffled"], "epochs": {"short": [1], "long": [2]}},
+            seed_streams={"init": 2, "data": "fixed", "reduction": 2},
+            description="2 orders x 2 precisions x 2 regimes x (2 init x 2 reduction seeds) = 32 short trials",
+        ),
+        "full": Variant(),
+    },
+)
+
+if __name__ == "__main__":
+    study.main()

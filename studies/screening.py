@@ -1,0 +1,30 @@
+"""A fractional-factorial screen: seven two-level factors of a digits training run in eight
+runs (2^(7-4), resolution III), with its alias table. Shows when a big design can be cut
+down, and what the cut costs: each main effect is aliased with three two-factor
+interactions."""
+
+from orchestrator import Factor, Fractional, Study, Variant
+
+study = Study(
+    name="screening",
+    description="Which of seven training settings move digits test accuracy? A 2^(7-4) resolution III screen.",
+    workload="digits",
+    factors=[
+        Factor("optimizer", ["sgd", "adam"]),
+        Factor("precision", ["fp32", "bf16"]),
+        Factor("reduction_order", ["fixed", "shuffled"]),
+        Factor("model", ["mlp", "mlp_bn"]),
+        Factor("lr", [0.003, 0.03]),
+        Factor("batch_size", [32, 128]),
+        Factor("init_scale", [0.5, 1.0]),
+    ],
+    design=Fractional(resolution=3),
+    params={"width": 64, "epochs": 6},
+    replicates=3,
+    metrics={"test_accuracy": "maximize", "test_loss": "minimize"},
+    seed=7,
+    variants={"smoke": Variant(replicates=2, params={"epochs": 2, "width": 32}), "full": Variant()},
+)
+
+if __name__ == "__main__":
+    study.main()
