@@ -1,0 +1,229 @@
+"""The Ray bridge: the only module that imports ray (lazily, inside functions).
+
+Trials run as Ray core tasks, one task per trial attempt, with the study's per-trial
+resources (``num_cpus``, ``num_gpus`` incl. fractions, ``memory``, custom resources).
+Per-step metrics of long trials reach the driver through one small actor
+(:class:`_MetricRelay`, zero CPUs) that workers push batches to about once a second;
+short trials return their whole curve with their result, so they pay no actor call.
+Why core tasks and not Ray Tune: see ``docs/execution.md`` (measured).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import OrchestratorError
+from .trial import Resources
+
+__all__ = ["RayAddressError", "RayConnection", "RayRunner", "connect", "slots_for"]
+
+
+class RayAddressError(OrchestratorError):
+    """The Ray cluster named by ``--address`` / ``RAY_ADDRESS`` cannot be joined."""
+
+
+@dataclass
+class RayConnection:
+    """A connection to Ray, and whether we started it (then we also shut it down)."""
+
+    address: str | None
+    started: bool
+
+    def close(self) -> None:
+        """Shut Ray down if this connection started it; leave a Ray someone else started alone."""
+        import ray
+
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when ``host:port`` does not answer (ray.init retries for long)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise RayAddressError(f"Ray address {address!r}: expected 'auto', 'host:port' or 'ray://host:port', found a port that is not a number")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise RayAddressError(
+            f"Ray cluster at {address} is unreachable ({exc.strerror or exc}): expected a Ray head's GCS port there. "
+            "Start one (ray start --head --port 6379), pass the right --address, or leave --address out to start an embedded Ray."
+        ) from None
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> RayConnection:
+    """Join or start Ray.
+
+    Args:
+        address: ``None`` (use ``$RAY_ADDRESS`` if set, else start an embedded Ray sized to
+            this machine), ``"auto"`` (the cluster this node belongs to), ``host:port`` or
+            ``ray://host:port``.
+        num_cpus: CPUs of an embedded Ray (default: all of this machine's).
+
+    An already-initialised Ray (e.g. a test session's) is used as it is and never shut down.
+
+    Raises:
+        RayAddressError: the address cannot be joined.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return RayConnection(address=None, started=False)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = {"logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RayAddressError(
+                f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+                "Expected a running cluster (ray start --head, or ray up cluster.yaml); "
+                "leave --address out to start an embedded Ray. Against a head with token authentication, set RAY_AUTH_MODE=token."
+            ) from None
+        return RayConnection(address=address, started=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    return RayConnection(address=None, started=True)
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def slots_for(resources: Resources, available: Mapping[str, float] | None = None) -> int:
+    """How many trials with ``resources`` fit in the cluster at once (at least 1)."""
+    available = dict(available if available is not None else cluster_resources())
+    limits = []
+    if resources.cpus > 0:
+        limits.append(available.get("CPU", 0.0) / resources.cpus)
+    if resources.gpus > 0:
+        limits.append(available.get("GPU", 0.0) / resources.gpus)
+    for name, amount in resources.custom.items():
+        if amount > 0:
+            limits.append(available.get(name, 0.0) / amount)
+    return max(1, int(min(limits))) if limits else max(1, int(available.get("CPU", 1.0)))
+
+
+class _MetricRelay:
+    """Driver-side mailbox for live metric batches (a Ray actor with zero CPUs)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, list]] = []
+
+    def push(self, trial_id: str, batch: list) -> None:
+        self._items.append((trial_id, batch))
+
+    def drain(self) -> list[tuple[str, list]]:
+        items, self._items = self._items, []
+        return items
+
+
+def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: float) -> dict[str, Any]:
+    """The Ray task: run one trial attempt on the device Ray assigned; never raises for the trial."""
+    import ray
+
+    from .environment import fingerprint
+    from .execution import BatchingSink
+    from .worker import execute_trial
+
+    device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: cuda:0 is ours
+    sink = BatchingSink(lambda trial_id, batch: relay.push.remote(trial_id, batch), interval_s=flush_s)
+    result = execute_trial(dict(trial), sink=sink, device=device, attempt=attempt)
+    return {"result": result.to_dict(), "curve": sink.remaining(), "started_ms": sink.started_ms, "last_step": sink.last_step, "pid": os.getpid(), "environment": fingerprint()}
+
+
+class RayRunner:
+    """Submits trial attempts as Ray tasks and collects what comes back (used by the Ray executor)."""
+
+    def __init__(self, flush_s: float = 1.0):
+        import ray
+
+        self._ray = ray
+        self._task = ray.remote(_run_trial)
+        self._relay = ray.remote(num_cpus=0)(_MetricRelay).remote()
+        self._flush_s = flush_s
+        self._drain_ref: Any = None
+        self._last_drain = 0.0
+
+    def submit(self, trial: Mapping[str, Any], attempt: int, resources: Resources) -> Any:
+        options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": 0, "name": f"trial-{trial['trial_id'][:12]}"}
+        if resources.memory_mb:
+            options["memory"] = int(resources.memory_mb) * 1024 * 1024
+        if resources.custom:
+            options["resources"] = dict(resources.custom)
+        return self._task.options(**options).remote(dict(trial), attempt, self._relay, self._flush_s)
+
+    def wait(self, refs: list[Any], timeout: float) -> list[tuple[Any, dict[str, Any] | None, str | None]]:
+        """Finished refs as ``(ref, payload, crash)``: payload from the task, or why the worker died."""
+        if not refs:
+            time.sleep(min(timeout, 0.05))
+            return []
+        ready, rest = self._ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and rest:
+            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        out = []
+        for ref in ready:
+            try:
+                out.append((ref, self._ray.get(ref), None))
+            except self._ray.exceptions.TaskCancelledError:
+                out.append((ref, None, "cancelled"))
+            except self._ray.exceptions.RayError as exc:  # worker killed, node lost, out of memory
+                out.append((ref, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        return out
+
+    def cancel(self, refs: list[Any]) -> None:
+        """Cancel tasks (queued ones are dropped, running ones' workers are killed)."""
+        for ref in refs:
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished
+                pass
+
+    def metrics(self) -> list[tuple[str, list]]:
+        """Live metric batches that arrived since the last call (non-blocking)."""
+        ray = self._ray
+        if self._drain_ref is not None:
+            ready, _ = ray.wait([self._drain_ref], timeout=0)
+            if not ready:
+                return []
+            items = ray.get(self._drain_ref)
+            self._drain_ref = None
+        else:
+            items = []
+        now = time.monotonic()
+        if now - self._last_drain >= self._flush_s / 2:
+            self._drain_ref = self._relay.drain.remote()
+            self._last_drain = now
+        return items
+
+    def final_metrics(self, wait_s: float = 2.0) -> list[tuple[str, list]]:
+        """Everything still in the relay (at the end of an execution)."""
+        ray = self._ray
+        items: list = []
+        if self._drain_ref is not None:
+            try:
+                items += ray.get(self._drain_ref, timeout=wait_s)
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            items += ray.get(self._relay.drain.remote(), timeout=wait_s)
+        except Exception:  # noqa: BLE001
+            pass
+        self._drain_ref = None
+        return items
+
+    def close(self) -> None:
+        try:
+            self._ray.kill(self._relay)
+        except Exception:  # noqa: BLE001
+            pass
