@@ -1,0 +1,90 @@
+"""Session fixtures: one real local Ray per test session, a real temporary MLflow store.
+
+Ray starts only for tests that ask for it (``ray_session``), once, with 2 CPUs, and is
+shut down at the end. The executor reuses an initialised Ray and never shuts it down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite MLflow store shared by the session (tests use distinct study names)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+STUDY_TEMPLATE = '''
+from orchestrator import Factor, Study, Variant
+
+study = Study(
+    name={name!r},
+    workload="synthetic",
+    factors=[{factors}],
+    params={params!r},
+    metrics={{"response": "minimize"}},
+    replicates={replicates},
+    retries={retries},
+    seed=11,
+    variants={{"smoke": Variant(replicates=1), "full": Variant()}},
+)
+
+if __name__ == "__main__":
+    study.main()
+'''
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> Callable[..., Path]:
+    """Write a synthetic study file: ``write_study(name, factors={"A": [0, 1]}, params={...}, replicates=1)``."""
+
+    def write(name: str, factors: dict | None = None, params: dict | None = None, replicates: int = 1, retries: int = 0, folder: Path | None = None) -> Path:
+        factors = factors or {"A": [0, 1]}
+        text = ", ".join(f"Factor({k!r}, {v!r})" for k, v in factors.items())
+        path = (folder or tmp_path) / f"{name}.py"
+        path.write_text(textwrap.dedent(STUDY_TEMPLATE.format(name=name, factors=text, params=params or {}, replicates=replicates, retries=retries)))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for driver subprocesses: the repo importable, token auth for joining the session Ray."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["RAY_AUTH_MODE"] = "token"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
