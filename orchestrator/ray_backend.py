@@ -89,7 +89,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> RayCo
                 "leave --address out to start an embedded Ray. Against a head with token authentication, set RAY_AUTH_MODE=token."
             ) from None
         return RayConnection(address=address, started=True)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)  # never a stray local cluster
     return RayConnection(address=None, started=True)
 
 
