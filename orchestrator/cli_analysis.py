@@ -24,17 +24,18 @@ def _names(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _load_study(study: str, variant: str | None, metric: str | None, tracking_uri: str | None) -> tuple["pd.DataFrame", dict[str, Any]]:
-    """A study's finished trials from MLflow, with the analysis choices its definition implies."""
-    from orchestrator.loader import load_study
+def study_inputs(loaded: Any, metric: str | None = None, tracking_uri: str | None = None,
+                 execution: str | None = None) -> tuple["pd.DataFrame", dict[str, Any]]:
+    """A study's trials from MLflow, with the analysis choices its definition implies.
 
-    try:
-        from orchestrator import tracking
-    except ImportError as exc:  # the execution component is not installed yet
-        raise click.UsageError(f"reading studies from MLflow needs orchestrator.tracking ({exc}). "
-                               "Export the results to CSV and use --csv FILE instead.") from None
-    loaded = load_study(study, variant)
-    df, meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri)
+    Fixed factors are the study's factors (those declared ``random=True`` are random);
+    crossed seed streams (``seed_streams={"init": 3}``) are random factors ``seed_<stream>``;
+    the study's ``analysis`` mapping gives the defaults for metric, log, spread_by and
+    interactions. Learning curves come along for the report.
+    """
+    from orchestrator import tracking
+
+    df, meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=execution)
     fixed = [f.name for f in loaded.factors if not getattr(f, "random", False)]
     random = [f.name for f in loaded.factors if getattr(f, "random", False)]
     # Seed streams with k crossed seeds are separable random factors; "replicate" streams are residual.
@@ -50,8 +51,10 @@ def _load_study(study: str, variant: str | None, metric: str | None, tracking_ur
             aliases = {r.effect: list(r.aliases) for r in rows}
     except Exception:  # aliases are an aid; a design that cannot be re-planned is analysed without them
         aliases = None
-    choice = {"response": metric or loaded.primary_metric.name, "fixed": fixed, "random": random,
-              "aliases": aliases, "study": loaded, "curves": meta.get("curves") if isinstance(meta, dict) else None}
+    defaults = dict(getattr(loaded, "analysis", None) or {})
+    curves = tracking.load_curves(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=meta.get("execution_id"))
+    choice = {"response": metric or defaults.get("metric") or loaded.primary_metric.name, "fixed": fixed, "random": random,
+              "aliases": aliases, "study": loaded, "curves": curves, "meta": meta, "defaults": defaults}
     return df, choice
 
 
@@ -72,7 +75,9 @@ def _prepare(study: str | None, csv: str | None, variant: str | None, metric: st
             raise click.BadParameter(f"cannot read {csv}: {exc}", param_hint="--csv") from None
         return df, {"response": response, "fixed": _names(fixed), "random": _names(random), "aliases": None,
                     "study": None, "curves": None}
-    df, choice = _load_study(study, variant, metric or response, tracking_uri)
+    from orchestrator.loader import load_study
+
+    df, choice = study_inputs(load_study(study, variant), metric or response, tracking_uri)
     if fixed is not None:
         choice["fixed"] = _names(fixed)
     if random is not None:
@@ -84,6 +89,10 @@ def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int, log: boo
          spread_by: str | None) -> "AnalysisResult":
     from orchestrator.analysis import AnalysisError, analyze as run_analysis
 
+    defaults = choice.get("defaults") or {}
+    interactions = interactions or int(defaults.get("interactions", 2))
+    log = log or bool(defaults.get("log", False))
+    spread_by = spread_by or defaults.get("spread_by")
     try:
         return run_analysis(df, choice["response"], fixed=choice["fixed"], random=choice["random"],
                             interactions=interactions, log=log, aliases=choice["aliases"], bootstrap=bootstrap,
@@ -102,9 +111,9 @@ def _common(fn):
         click.option("--response", default=None, help="Response column (with --csv)."),
         click.option("--fixed", default=None, help="Fixed factors, comma-separated: A,B."),
         click.option("--random", "random_", default=None, help="Random factors (seed streams), comma-separated."),
-        click.option("--interactions", type=click.IntRange(min=1), default=2, show_default=True,
-                     help="Highest interaction order among fixed factors."),
-        click.option("--log", is_flag=True, help="Analyse log(response) (for losses)."),
+        click.option("--interactions", type=click.IntRange(min=1), default=None,
+                     help="Highest interaction order among fixed factors (default: the study's, else 2)."),
+        click.option("--log", is_flag=True, help="Analyse log(response) (for losses; a study can make it its default)."),
         click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
                      help="Bootstrap replicates for the intervals (0: none)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),

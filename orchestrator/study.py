@@ -256,7 +256,9 @@ _STUDY_FIELDS = (
     "run_order",
     "block_by",
     "refuse_unrepresentable",
+    "analysis",
 )
+_ANALYSIS_KEYS = ("metric", "log", "spread_by", "interactions")
 _RUN_ORDERS = ("randomized", "standard")
 _SEED_SCOPES = ("shared", "cell")
 _STREAM_POLICIES = ("replicate", "fixed")
@@ -292,6 +294,9 @@ class Study:
         block_by: a factor whose levels form blocks, run one after the other, randomised within.
         refuse_unrepresentable: leave out cells whose hyperparameters change meaning in
             their precision (see :mod:`orchestrator.numerics.audit`).
+        analysis: defaults for ``orchestrator analyze``/``report``/``writeup``: ``metric``
+            (default: the first metric), ``log`` (analyse log(response), for losses),
+            ``spread_by`` (a factor), ``interactions`` (highest order, default 2).
     """
 
     _frozen = False
@@ -354,6 +359,7 @@ class Study:
         if self.block_by is not None and self.block_by not in names:
             problems.append(Problem("block_by", "the name of a factor", _describe(self.block_by), did_you_mean(str(self.block_by), names)))
         self.refuse_unrepresentable = bool(v["refuse_unrepresentable"])
+        self.analysis = self._analysis(v["analysis"], problems)
         self.variants = self._variants(v["variants"], problems)
 
     def _factors(self, raw: Any, problems: list[Problem]) -> tuple[Factor, ...]:
@@ -602,6 +608,27 @@ class Study:
             rules.append(clean)
         return tuple(rules)
 
+    def _analysis(self, raw: Any, problems: list[Problem]) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, Mapping):
+            problems.append(Problem("analysis", f"a mapping with keys from {', '.join(_ANALYSIS_KEYS)}", _describe(raw)))
+            return {}
+        for key in raw:
+            if key not in _ANALYSIS_KEYS:
+                problems.append(Problem(f"analysis.{key}", f"one of {', '.join(_ANALYSIS_KEYS)}", f"unknown key {key!r}", did_you_mean(str(key), _ANALYSIS_KEYS)))
+        metric = raw.get("metric")
+        names = [m.name for m in self.metrics]
+        if metric is not None and metric not in names:
+            problems.append(Problem("analysis.metric", "one of the study's metrics", _describe(metric), did_you_mean(str(metric), names)))
+        spread_by = raw.get("spread_by")
+        if spread_by is not None and spread_by not in self.factor_names:
+            problems.append(Problem("analysis.spread_by", "the name of a factor", _describe(spread_by), did_you_mean(str(spread_by), self.factor_names)))
+        interactions = raw.get("interactions", 2)
+        if not isinstance(interactions, int) or isinstance(interactions, bool) or interactions < 1:
+            problems.append(Problem("analysis.interactions", "an integer >= 1", _describe(interactions)))
+        return dict(raw)
+
     def _variants(self, raw: Any, problems: list[Problem]) -> dict[str, Variant]:
         if raw is None:
             raw = {}
@@ -716,6 +743,7 @@ class Study:
             "run_order": self.run_order,
             "block_by": self.block_by,
             "refuse_unrepresentable": self.refuse_unrepresentable,
+            "analysis": self.analysis,
         }
 
     @property

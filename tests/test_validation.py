@@ -70,6 +70,8 @@ CASES = [
     ("seed-negative", study_source(seed="-5"), r"seed: expected a non-negative integer"),
     ("block-unknown", study_source(block_by='"precision"'), r'block_by: expected the name of a factor, found \'precision\''),
     ("run-order", study_source(run_order='"random"'), r'run_order: .*Did you mean "randomized"\?'),
+    ("analysis-key", study_source(analysis='{"logg": True}'), r'analysis\.logg: expected one of metric, log, spread_by, interactions.*Did you mean "log"\?'),
+    ("analysis-metric", study_source(analysis='{"metric": "respons"}'), r'analysis\.metric: expected one of the study\'s metrics.*Did you mean "response"\?'),
 ]
 
 
