@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "executions": "orchestrator.cli_run:executions",
     "analyze": "orchestrator.cli_analysis:analyze",
     "report": "orchestrator.cli_analysis:report",
+    "writeup": "orchestrator.cli_analysis:writeup",
     "schedule": "orchestrator.cli_schedule:schedule",
     "compare": "orchestrator.cli_schedule:compare",
 }

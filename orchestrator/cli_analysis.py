@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from orchestrator.analysis import AnalysisResult
 
-__all__ = ["analyze", "report"]
+__all__ = ["analyze", "report", "writeup"]
 
 
 def _names(value: str | None) -> list[str]:
@@ -189,3 +189,21 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
         click.echo("logged to the study's parent MLflow run under artifacts/analysis")
     for key, path in paths.items():
         click.echo(f"{key}: {path}")
+
+
+@click.command("writeup")
+@click.argument("study")
+@click.option("--variant", "-v", default=None, help="Variant to run (default: full).")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="docs/studies", show_default=True)
+@click.option("--no-run", is_flag=True, help="Use the latest execution instead of running the study again.")
+@click.option("--address", default=None, help="Ray address (default: an embedded local Ray).")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True)
+def writeup(study: str, variant: str | None, out: str, no_run: bool, address: str | None, tracking_uri: str | None, bootstrap: int) -> None:
+    """Run STUDY, analyse it and write its page docs/studies/<name>.md (numbers from the run)."""
+    from orchestrator.loader import load_study
+    from orchestrator.writeup import write_page
+
+    loaded = load_study(study, variant)
+    page = write_page(loaded, out, run=not no_run, tracking_uri=tracking_uri, address=address, bootstrap=bootstrap)
+    click.echo(f"wrote {page}")

@@ -1,0 +1,205 @@
+"""Study write-ups: one Markdown page per study, produced by the tool from a real run.
+
+``orchestrator writeup STUDY [--variant V]`` plans the study, runs it (a fresh execution),
+analyses it and writes ``docs/studies/<name>.md`` with the question, the design, the exact
+command, the result tables and plots, the machine and date, and the findings. Every number
+on the page comes from the run: the study file may define ``findings(df, analysis) ->
+list[str]``, which computes its sentences from the results table and the analysis.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .study import Study
+
+__all__ = ["write_page", "cell_table"]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"[{_fmt(value[0], 3)}, {_fmt(value[1], 3)}]"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cell_table(df: "pd.DataFrame", factors: Sequence[str], metric: str) -> list[list[Any]]:
+    """Per cell: levels, n finished, diverged, mean, sd, min, max of ``metric``."""
+    rows = []
+    for _, group in df.groupby("cell_id", sort=False):
+        first = group.iloc[0]
+        finished = group[group["state"] == "FINISHED"]
+        diverged = int(finished["diverged"].fillna(0).sum()) if "diverged" in finished else 0
+        values = finished.loc[finished.get("diverged", 0) == 0, metric].dropna() if metric in finished else []
+        values = [float(v) for v in values]
+        mean = sum(values) / len(values) if values else None
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+        rows.append([*(first[f] for f in factors), len(finished), diverged, mean, sd, min(values) if values else None, max(values) if values else None])
+    return rows
+
+
+def _load_findings(path: str | None) -> Callable | None:
+    if not path:
+        return None
+    spec = importlib.util.spec_from_file_location("_orchestrator_writeup_study", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "findings", None)
+
+
+def _docstring(path: str | None) -> str:
+    import ast
+
+    if not path:
+        return ""
+    return ast.get_docstring(ast.parse(Path(path).read_text())) or ""
+
+
+def write_page(
+    study: "Study",
+    out_dir: str | Path = "docs/studies",
+    *,
+    run: bool = True,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    bootstrap: int = 200,
+    command: str | None = None,
+) -> Path:
+    """Run (unless ``run=False``), analyse and write the study's page; returns its path."""
+    from .analysis import analyze, write_report
+    from .cli_analysis import study_inputs
+    from .design import make_plan
+    from .environment import summary
+    from .execution import run_study
+
+    plan = make_plan(study)
+    execution = None
+    if run:
+        outcome = run_study(study, address=address, tracking_uri=tracking_uri, mode="rerun", progress=False)
+        execution = outcome.execution_id
+    df, choice = study_inputs(study, None, tracking_uri, execution)
+    meta = choice["meta"]
+    defaults = choice["defaults"]
+    metric = choice["response"]
+    result = analyze(
+        df, metric, fixed=[f for f in choice["fixed"] if df[f].nunique() > 1] if not df.empty else choice["fixed"],
+        random=choice["random"], interactions=int(defaults.get("interactions", 2)), log=bool(defaults.get("log", False)),
+        aliases=choice["aliases"], bootstrap=bootstrap, seed=0, spread_by=defaults.get("spread_by"),
+    )
+    data = result.to_dict()
+    out_dir = Path(out_dir)
+    assets = out_dir / study.name
+    if assets.exists():
+        shutil.rmtree(assets)
+    paths = write_report(result, assets, curves=choice["curves"], title=f"{study.name}: {metric}")
+    (assets / "report.html").unlink(missing_ok=True)  # the page itself is the report; keep the repository small
+    (assets / "results.csv").write_text(df.to_csv(index=False))
+
+    findings = _load_findings(study.source_file)
+    statements = list(findings(df, data) if findings else [])
+    env = meta.get("environment") or {}
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = command or f"orchestrator writeup {study.source_file} --variant {study.variant}"
+    counts = plan.counts
+    factors = [[f.name, f.kind, ", ".join(map(_fmt, f.all_levels)) if not f.nested_in else "; ".join(
+        f"{k}: {', '.join(map(_fmt, v))}" for k, v in f.levels.items()), f.nested_in or ""] for f in study.factors]
+    lines = [
+        f"# {study.name}",
+        "",
+        f"*Generated by `{command}` on {when}, execution `{meta.get('execution_id')}`, "
+        f"on {summary(env) if env else 'an unrecorded machine'}. Numbers and plots below come from that run; "
+        "regenerate the page with the same command rather than editing it.*",
+        "",
+        "## Question",
+        "",
+        study.description,
+        "",
+        _docstring(study.source_file),
+        "",
+        "## Design",
+        "",
+        f"Workload `{study.workload}`; design `{study.design.to_dict()['kind']}`"
+        + (f" (resolution {plan.resolution}, generators {', '.join(plan.generators)})" if plan.resolution else "")
+        + f"; variant `{study.variant}`: {counts['cells']} cells, {counts['trials']} trials ({counts['trials_per_cell']} per cell), "
+        f"{counts['excluded_cells']} excluded cells.",
+        "",
+        _table(["factor", "kind", "levels", "nested in"], factors),
+        "",
+        f"Seed streams: {', '.join(f'`{k}`: {v}' for k, v in study.seed_streams.items())} (scope {study.seed_scope}); "
+        f"replicates {study.replicates}; study seed {study.seed}.",
+        "",
+        "Fixed parameters: " + ", ".join(f"`{k}={v}`" for k, v in study.params.items()) if study.params else "No fixed parameters.",
+        "",
+        "## Command",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "It runs `orchestrator run` (a fresh execution, `--mode rerun`), `orchestrator analyze` and "
+        "`orchestrator report` on the study, and writes this page with its plots and `results.csv` "
+        f"under `docs/studies/{study.name}/`.",
+        "",
+        "## Results",
+        "",
+        f"Response: `{metric}`" + (" (analysed on the log scale)" if defaults.get("log") else "")
+        + f"; {data.get('n')} of {data.get('n_total')} trials analysed; sums of squares: Type {data.get('ss_type')} "
+        f"({data.get('ss_type_reason')}).",
+        "",
+    ]
+    if plan.audit:
+        lines += ["### Representability audit (at plan time)", ""]
+        lines += [f"- `{row['cell_id']}` {row['levels']}: " + "; ".join(f["message"] for f in row["findings"]) for row in plan.audit]
+        lines.append("")
+    shares = data.get("shares") or []
+    if shares:
+        lines += ["### Where the variance comes from", "", _table(["source", "kind", "variance", "share", "95% CI"],
+                  [[s["source"], s.get("kind"), s.get("variance"), s.get("share"), s.get("ci")] for s in shares]), ""]
+    anova = data.get("anova") or []
+    if anova:
+        lines += ["### ANOVA", "", _table(["term", "df", "sum_sq", "F", "p", "eta²", "ω²", "ω² 95% CI"],
+                  [[r["term"], r.get("df"), r.get("sum_sq"), r.get("F"), r.get("p"), r.get("eta_sq"), r.get("omega_sq"), r.get("omega_sq_ci")] for r in anova]), ""]
+    components = data.get("variance_components") or []
+    if components:
+        lines += ["### Variance components", "", _table(["component", "variance", "sd", "95% CI", "at zero (boundary)"],
+                  [[c["component"], c.get("variance"), c.get("sd"), c.get("ci"), c.get("boundary")] for c in components]), ""]
+    names = study.factor_names
+    lines += [f"### Cells: `{metric}`", "", _table([*names, "finished", "diverged", "mean", "sd", "min", "max"], cell_table(df, names, metric)), ""]
+    lines += ["### Plots", ""]
+    for key, path in paths.items():
+        if key in ("markdown", "html"):
+            continue
+        lines.append(f"![{key}]({study.name}/{Path(path).name})")
+    lines += ["", "## What the result shows", ""]
+    lines += [f"- {s}" for s in statements] or ["- (the study file defines no findings)"]
+    notes = [*(data.get("warnings") or []), *(data.get("notes") or [])]
+    if notes:
+        lines += ["", "Statements of the analysis:", ""] + [f"- {n}" for n in notes]
+    page = out_dir / f"{study.name}.md"
+    page.write_text("\n".join(lines).rstrip() + "\n")
+    return page
