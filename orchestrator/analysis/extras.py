@@ -208,6 +208,9 @@ def add_spread(result: "AnalysisResult", prep: Prepared, residuals: np.ndarray, 
     """
     out = []
     res = pd.Series(residuals, index=prep.data.index)
+    # residuals at rounding level (an exact fit, e.g. no residual df) carry no spread to test
+    y = prep.data["_y"].to_numpy(float)
+    tol = 1e-9 * max(float(np.max(np.abs(y))) if len(y) else 0.0, 1e-300)
     for f in prep.fixed:
         levels = []
         groups = []
@@ -221,7 +224,7 @@ def add_spread(result: "AnalysisResult", prep: Prepared, residuals: np.ndarray, 
             levels.append(row)
         entry: dict[str, Any] = {"factor": f, "levels": levels}
         usable = [g for g in groups if len(g) >= 2]
-        if len(usable) >= 2 and any(np.ptp(g) > 0 for g in usable):
+        if len(usable) >= 2 and any(np.ptp(g) > tol for g in usable):
             bf = stats.levene(*usable, center="median")
             lev = stats.levene(*usable, center="mean")
             entry["brown_forsythe"] = {"statistic": _f(bf.statistic), "p": _f(bf.pvalue)}
