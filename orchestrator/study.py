@@ -359,6 +359,7 @@ class Study:
         if self.block_by is not None and self.block_by not in names:
             problems.append(Problem("block_by", "the name of a factor", _describe(self.block_by), did_you_mean(str(self.block_by), names)))
         self.refuse_unrepresentable = bool(v["refuse_unrepresentable"])
+        self._known_levels(problems)
         self.analysis = self._analysis(v["analysis"], problems)
         self.variants = self._variants(v["variants"], problems)
 
@@ -607,6 +608,24 @@ class Study:
                 clean[name] = wanted
             rules.append(clean)
         return tuple(rules)
+
+    def _known_levels(self, problems: list[Problem]) -> None:
+        """Levels of the numerics factors must be names the built-in workloads know."""
+        if self.workload not in ("two_layer_linear", "digits", "teacher_student", "tuned"):
+            return
+        from .numerics.audit import MODELS, OPTIMIZERS, PRECISION_LEVELS, REDUCTION_ORDERS
+
+        known = {"precision": PRECISION_LEVELS, "reduction_order": REDUCTION_ORDERS, "optimizer": OPTIMIZERS, "model": MODELS}
+        for factor in self.factors:
+            if factor.name in known:
+                for level in factor.all_levels:
+                    if str(level) not in known[factor.name]:
+                        problems.append(
+                            Problem(f"factors[{factor.name!r}].levels", f"a {factor.name} the built-in workloads know".replace("a optimizer", "an optimizer"), repr(level), did_you_mean(str(level), known[factor.name]))
+                        )
+        for name, value in self.params.items():
+            if name in known and str(value) not in known[name]:
+                problems.append(Problem(f"params[{name!r}]", f"a {name} the built-in workloads know".replace("a optimizer", "an optimizer"), repr(value), did_you_mean(str(value), known[name])))
 
     def _analysis(self, raw: Any, problems: list[Problem]) -> dict[str, Any]:
         if raw is None:

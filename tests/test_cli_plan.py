@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "studies" / "screening_demo.py"
 
@@ -41,11 +43,13 @@ def test_plan_csv_and_table():
     assert "cells: 8; trials: 16" in table.stdout
 
 
-def test_plan_imports_no_heavy_dependency():
+@pytest.mark.parametrize("study", ["screening_demo", "adam_precision", "two_layer_linear"])
+def test_plan_imports_no_heavy_dependency(study):
+    path = ROOT / "studies" / f"{study}.py"
     code = (
         "import sys\n"
         "from orchestrator.cli import main\n"
-        f"main(['plan', {str(DEMO)!r}, '--format', 'json'], standalone_mode=False)\n"
+        f"main(['plan', {str(path)!r}, '--format', 'json'], standalone_mode=False)\n"
         "print('HEAVY', sorted(m for m in ('ray', 'mlflow', 'torch', 'statsmodels') if m in sys.modules))\n"
     )
     result = run("-c", code)

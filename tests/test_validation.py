@@ -70,6 +70,8 @@ CASES = [
     ("seed-negative", study_source(seed="-5"), r"seed: expected a non-negative integer"),
     ("block-unknown", study_source(block_by='"precision"'), r'block_by: expected the name of a factor, found \'precision\''),
     ("run-order", study_source(run_order='"random"'), r'run_order: .*Did you mean "randomized"\?'),
+    ("unknown-precision", study_source(workload="digits", factors='[Factor("precision", ["fp32", "bfloat16"])]'), r'factors\[\'precision\'\]\.levels: expected a precision the built-in workloads know, found \'bfloat16\'\. Did you mean "bf16"\?'),
+    ("unknown-optimizer-param", study_source(workload="digits", params='{"optimizer": "adamm"}'), r'params\[\'optimizer\'\]: expected an optimizer the built-in workloads know.*Did you mean "adam"'),
     ("analysis-key", study_source(analysis='{"logg": True}'), r'analysis\.logg: expected one of metric, log, spread_by, interactions.*Did you mean "log"\?'),
     ("analysis-metric", study_source(analysis='{"metric": "respons"}'), r'analysis\.metric: expected one of the study\'s metrics.*Did you mean "response"\?'),
 ]
