@@ -89,6 +89,24 @@ class TrialContext:
         """Record a fact about the run (an effective dtype, a fallback, a flag)."""
         self.info[key] = value
 
+    def should_log(self, step: int, total: int | None = None) -> bool:
+        """Whether ``step`` is a logging point: every ``log_every`` steps (setting, default 10),
+        and the last step of ``total``. Keeps the number of logged points bounded."""
+        every = max(int(self.get("log_every", 10)), 1)
+        return step % every == 0 or (total is not None and step == total - 1)
+
+    @property
+    def numerics(self) -> Any:
+        """The numerics kit bound to this trial (:class:`orchestrator.numerics.Kit`; imports
+        torch on first use): precision, reduction order, seeded generators, models,
+        optimizers, divergence guard. Created once per context."""
+        kit = self.__dict__.get("_numerics")
+        if kit is None:
+            from .numerics import Kit
+
+            kit = self.__dict__["_numerics"] = Kit(self)
+        return kit
+
     def check_finite(self, step: int, **values: float) -> None:
         """Divergence guard: raise :class:`TrialDiverged` when a value is NaN or infinite."""
         for name, value in values.items():
