@@ -155,6 +155,7 @@ class LevenbergMarquardt:
         self.rejected = 0
         self.last_grad_norm = math.nan
         self.max_tries = 8
+        self.stalled = 0  # consecutive steps with every try rejected (the parameters did not move)
 
     def hyperparameters(self) -> dict[str, float]:
         return {"lr": self.lr, "damping": self.damping}
@@ -207,12 +208,14 @@ class LevenbergMarquardt:
                 return reduce((residuals(candidate) ** 2).sum(1))
             r_new = residuals(candidate)
             new_loss = reduce((r_new * r_new).sum(1))
-            if torch.isfinite(new_loss) and new_loss <= loss:
+            if torch.isfinite(new_loss) and new_loss < loss:
+                self.stalled = 0
                 self._assign(candidate)
                 self.damping = max(self.damping / 10.0, 1e-15)
                 return new_loss
             self.rejected += 1
             self.damping = min(self.damping * 10.0, 1e15)
+        self.stalled += 1
         return loss
 
 

@@ -128,6 +128,12 @@ class Trainer:
         self.steps = 0
         self.bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
+    @property
+    def converged(self) -> bool:
+        """Levenberg-Marquardt only: three steps in a row rejected at every damping tried, so
+        the parameters no longer move; the loop may stop (the remaining steps change nothing)."""
+        return isinstance(self.optimizer, LevenbergMarquardt) and self.optimizer.stalled >= 3
+
     def _weight(self, n: int) -> float:
         return 1.0 / n if self.loss_reduction == "mean" else 1.0
 
@@ -232,6 +238,10 @@ class Lockstep:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.main, name)
+
+    @property
+    def converged(self) -> bool:
+        return self.main.converged and (self.twin is None or self.twin.converged)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = self.main.step(x, y)

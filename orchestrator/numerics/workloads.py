@@ -43,15 +43,22 @@ def linear_target(recipe: str, rows: int, cols: int, kappa: float, rng: np.rando
 
 
 def _fit(ctx: "TrialContext", kit: Kit, trainer: Lockstep, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, extra: Callable[[float], dict[str, float]] | None = None) -> dict[str, float]:
-    """The shared loop: step, guard, log; returns last/min loss and the last gradient norm."""
+    """The shared loop: step, guard, log; returns last/min loss and the last gradient norm.
+
+    Stops early only when the optimizer reports that the parameters no longer move
+    (Levenberg-Marquardt at its floor); ``steps`` then says how many steps ran."""
     loss = min_loss = float("nan")
     for step in range(steps):
         x, y = next(batches)
         loss = trainer.step(x, y)
         kit.guard.check(step, loss, grad_norm=trainer.grad_norm)
         min_loss = loss if not min_loss <= loss else min_loss
-        if kit.should_log(step, steps):
+        done = trainer.converged
+        if kit.should_log(step, steps) or done:
             ctx.log(step, loss=loss, grad_norm=trainer.grad_norm, **(extra(loss) if extra else {}))
+        if done:
+            ctx.record("stopped_early_step", step)
+            return {"final_loss": loss, "min_loss": min_loss, "grad_norm": trainer.grad_norm, "steps": float(step + 1)}
     return {"final_loss": loss, "min_loss": min_loss, "grad_norm": trainer.grad_norm, "steps": float(steps)}
 
 
