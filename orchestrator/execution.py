@@ -568,6 +568,11 @@ def _execute(
                 display.update(counts, 0, final=True)
     except KeyboardInterrupt:
         interrupted = True
+        for outcome in executor._poll(0):  # results that came back while the interrupt landed
+            if outcome.result is not None and outcome.result.state is not TrialState.KILLED:
+                on_done(outcome)
+            else:
+                on_killed(outcome.trial, outcome.attempt)
         for trial, attempt in executor._cancel():
             on_killed(trial, attempt)
     finally:

@@ -763,9 +763,10 @@ def log_artifacts(
     artifact_path: str | None = None,
 ) -> str:
     """Log the files of ``folder`` (e.g. an analysis report) to an execution's parent run; returns its run id."""
-    study = _resolve_study(study, None if not isinstance(study, str) else None)
+    study = _resolve_study(study, None)
     store = open_store(tracking_uri, check=False)
-    _, parents = _executions(store, study)
+    # a named execution is found whatever its variant; the latest is the latest of the study's variant
+    _, parents = _executions(store, study, any_variant=execution not in (None, "latest"))
     target = _pick_execution(parents, study, execution, store.uri)
     if not Path(folder).is_dir():
         raise TrackingError(f"log_artifacts: expected a folder of files to log, found {folder!s} (not a folder)")

@@ -135,3 +135,23 @@ def test_sigkill_of_the_driver_leaves_stale_runs_that_the_rerun_closes(write_stu
     assert all(open_store(tracking_uri, check=False).client.get_run(r.info.run_id).info.status == "KILLED" for r in stale)
     assert not [r for r in runs_of(tracking_uri, study.name, "execution") if r.info.status == "RUNNING"]
     assert_one_finished_run_per_trial(tracking_uri, study)
+
+
+def test_sigint_of_an_in_process_run_kills_the_running_trial_and_resumes(write_study, tracking_uri, subprocess_env):
+    path = write_study("interrupted_inproc", {"A": [0, 1, 2]}, LONG)
+    study = load_study(path, "full")
+    command = [sys.executable, "-m", "orchestrator", "run", str(path), "--tracking-uri", tracking_uri, "--in-process", "--no-progress"]
+    driver = subprocess.Popen(command, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in runs_of(tracking_uri, study.name)), 60, "a first finished trial")
+        driver.send_signal(signal.SIGINT)
+        output, _ = driver.communicate(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, output
+    statuses = collections.Counter(r.info.status for r in runs_of(tracking_uri, study.name))
+    assert statuses["KILLED"] == 1 and statuses["RUNNING"] == 0, statuses
+    summary = run_study(study, tracking_uri=tracking_uri, in_process=True, progress=False)
+    assert summary.finished == 3 - statuses["FINISHED"]
+    assert_one_finished_run_per_trial(tracking_uri, study)
