@@ -6,6 +6,7 @@ Example (a user workload; ``"mypkg.work:fit_line"`` in a study)::
 
     import torch
     from orchestrator import numerics
+    from orchestrator.numerics.training import squared_error
 
     def fit_line(ctx):
         kit = numerics.Kit(ctx)                    # precision, reduction order, seeds, audit
@@ -15,10 +16,11 @@ Example (a user workload; ``"mypkg.work:fit_line"`` in a study)::
             y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
             x, y = kit.tensor(x), kit.tensor(y)
             model = kit.model("linear", (3,), 1)  # init from the 'init' seed stream
-            trainer = kit.trainer(model, numerics.squared_error, default_lr=0.1)
+            trainer = kit.trainer(model, squared_error, default_lr=0.1)
             steps = int(ctx.get("steps", 100))
             for step in range(steps):
-                loss = trainer.step(x, y)          # raises TrialDiverged on NaN/blow-up
+                loss = trainer.step(x, y)
+                kit.guard.check(step, loss)        # raises TrialDiverged on NaN/blow-up
                 if kit.should_log(step, steps):
                     ctx.log(step, loss=loss, grad_norm=trainer.grad_norm)
             return {"final_loss": loss, **kit.finish(trainer)}
@@ -126,6 +128,7 @@ class Trainer:
         self.scaler = LossScaler.from_config(self.precision, config.get("loss_scale", "dynamic"))
         self.grad_norm = math.nan
         self.steps = 0
+        self.output_dtype: torch.dtype | None = None
         self.bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
     @property
@@ -147,6 +150,7 @@ class Trainer:
                 p.grad = None
             with self.precision.autocast():
                 out = self.model(x)
+            self.output_dtype = out.dtype
             losses = self.loss_fn(out.float() if self.precision.autocast_dtype else out, y)
             loss = losses.mean() if self.loss_reduction == "mean" else losses.sum()
             (loss * scale if scale != 1.0 else loss).backward()
@@ -162,9 +166,10 @@ class Trainer:
             loss_value = float(summed[0])
             for p, g in zip(params, summed[1:]):
                 p.grad = g.to(p.dtype)
-            if self.bn:
-                with torch.no_grad(), self.precision.autocast():
-                    self.model(x)  # update running statistics once, as the kernel path does
+            with torch.no_grad(), self.precision.autocast():
+                # the dtype the forward computes in; with batch norm this pass also updates
+                # the running statistics once, as the kernel path does
+                self.output_dtype = self.model(x[:2] if not self.bn else x).dtype
         grads = [p.grad for p in params if p.grad is not None]
         finite = self.scaler.unscale_(grads) if self.scaler.enabled else True
         self.grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) if finite else math.inf
@@ -335,6 +340,7 @@ class Kit:
         ctx.record("optimizer_state_dtypes", optimizer.state_dtypes())
         ctx.record("optimizer_hyperparameters_stored", optimizer.hyperparameters())
         ctx.record("accumulator_dtype", "float64" if main.reducer.order == "fp64" else (sorted({dtype_name(p.grad.dtype) for p in model.parameters() if p.grad is not None}) or [dtype_name(self.precision.param_dtype)])[0])
+        ctx.record("output_dtype", dtype_name(main.output_dtype) if main.output_dtype is not None else None)
         ctx.record("loss_scale_final", main.scaler.scale)
         ctx.record("loss_scale_skipped_steps", main.scaler.skipped)
         if isinstance(optimizer, LevenbergMarquardt):
