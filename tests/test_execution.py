@@ -208,3 +208,29 @@ def test_bad_study_and_options_are_one_line_errors(write_study, tracking_uri):
     path = write_study("opts")
     bad = runner.invoke(main, ["run", str(path), "--tracking-uri", tracking_uri, "--max-concurrent", "0"])
     assert bad.exit_code == 2 and "--max-concurrent: expected a positive number of trials, found 0" in bad.output
+
+
+def test_resources_that_the_embedded_ray_cannot_hold_are_refused(tmp_path, tracking_uri):
+    from orchestrator import Study, Variant
+    from orchestrator.ray_backend import slots_for
+    from orchestrator.trial import Resources
+
+    assert slots_for(Resources(cpus=1, gpus=0.25), {"CPU": 8, "GPU": 1}) == 4, "fractional GPUs share one GPU"
+    assert slots_for(Resources(cpus=2), {"CPU": 2}) == 1
+    study = Study(name="gpu_study", workload="synthetic", factors={"A": [0, 1]}, resources={"cpus": 1, "gpus": 0.5},
+                  metrics={"response": "minimize"}, variants={"smoke": Variant(), "full": Variant()}).with_variant("smoke")
+    with pytest.raises(OrchestratorError, match=r"each trial asks for 0.5 GPU \(cluster has 0\): expected the embedded Ray to have that much"):
+        run_study(study, tracking_uri=tracking_uri, progress=False)
+
+
+def test_unreachable_ray_address_is_exit_2_with_one_line(write_study, tracking_uri, subprocess_env):
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    path = write_study("noray")
+    done = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(path), "--tracking-uri", tracking_uri, "--address", f"127.0.0.1:{free_port()}"],
+                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "is unreachable" in done.stderr and "expected a Ray head's GCS port there" in done.stderr and "Traceback" not in done.stderr
