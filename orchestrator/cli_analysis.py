@@ -42,6 +42,21 @@ def study_inputs(loaded: Any, metric: str | None = None, tracking_uri: str | Non
     for name, policy in (getattr(loaded, "seed_streams", None) or {}).items():
         if isinstance(policy, int) and not isinstance(policy, bool) and f"seed_{name}" in df.columns:
             random.append(f"seed_{name}")
+    notes: list[str] = []
+    for factor in loaded.factors:
+        parent = factor.nested_in
+        if not parent or factor.name not in fixed or parent not in fixed or df.empty or factor.name not in df.columns:
+            continue
+        if int(df.groupby(parent)[factor.name].nunique().max()) <= 1:
+            fixed.remove(factor.name)
+            notes.append(f"{factor.name} is nested in {parent} with one level per {parent}: its effect is part of "
+                         f"{parent}'s and is not estimated separately.")
+        else:
+            combined = f"{parent}/{factor.name}"
+            df[combined] = df[parent].astype(str) + "/" + df[factor.name].astype(str)
+            fixed = [combined if name == parent else name for name in fixed if name != factor.name]
+            notes.append(f"{factor.name} is nested in {parent} (its levels differ per {parent}): the two are analysed "
+                         f"as one factor {combined}, whose share is that of {parent} and {factor.name} together.")
     aliases = None
     try:
         from orchestrator.design import make_plan
@@ -54,7 +69,7 @@ def study_inputs(loaded: Any, metric: str | None = None, tracking_uri: str | Non
     defaults = dict(getattr(loaded, "analysis", None) or {})
     curves = tracking.load_curves(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=meta.get("execution_id"))
     choice = {"response": metric or defaults.get("metric") or loaded.primary_metric.name, "fixed": fixed, "random": random,
-              "aliases": aliases, "study": loaded, "curves": curves, "meta": meta, "defaults": defaults}
+              "aliases": aliases, "study": loaded, "curves": curves, "meta": meta, "defaults": defaults, "notes": notes}
     return df, choice
 
 
@@ -94,11 +109,13 @@ def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int, log: boo
     log = log or bool(defaults.get("log", False))
     spread_by = spread_by or defaults.get("spread_by")
     try:
-        return run_analysis(df, choice["response"], fixed=choice["fixed"], random=choice["random"],
-                            interactions=interactions, log=log, aliases=choice["aliases"], bootstrap=bootstrap,
-                            seed=seed, spread_by=spread_by)
+        result = run_analysis(df, choice["response"], fixed=choice["fixed"], random=choice["random"],
+                              interactions=interactions, log=log, aliases=choice["aliases"], bootstrap=bootstrap,
+                              seed=seed, spread_by=spread_by)
     except AnalysisError as exc:
         raise click.UsageError(" ".join(str(exc).split())) from None
+    result.notes[:0] = choice.get("notes") or []
+    return result
 
 
 def _common(fn):

@@ -29,12 +29,13 @@ study = Study(
     seed_streams={"init": "replicate", "data": "fixed", "reduction": "fixed"},
     metrics={"final_loss": "minimize", "grad_norm": "minimize"},
     resources={"cpus": 1},
+    analysis={"log": True},
     seed=20260101,
     variants={
         "smoke": Variant(
             replicates=2,
             params={"steps": 300, "log_every": 30},
-            levels={"lr": {"gd": [1e-4], "adam": [1e-2], "lm": [1.0]}, "kappa": [10.0, 1e4], "model": ["deep_linear"]},
+            levels={"lr": {"gd": [1e-5], "adam": [1e-2], "lm": [1.0]}, "kappa": [10.0, 1e4], "model": ["deep_linear"]},
             description="3 optimizers x 2 recipes x 2 condition numbers, 2 init seeds: under a minute on 2 CPUs",
         ),
         "full": Variant(description="the talk's grid, 5 init seeds, 5000 steps"),
