@@ -177,7 +177,8 @@ class Executor(abc.ABC):
             for outcome in self._poll(0.25):
                 trial, attempt = outcome.trial, outcome.attempt
                 self._in_flight.pop(trial.trial_id, None)
-                if outcome.crash == "cancelled" or (outcome.result is not None and outcome.result.state is TrialState.KILLED):
+                cancelled = outcome.crash == "cancelled" or (outcome.result is None and stop.is_set())  # Ctrl-C may reach workers too
+                if cancelled or (outcome.result is not None and outcome.result.state is TrialState.KILLED):
                     on_killed(trial, attempt)
                     continue
                 failed = outcome.result is None or outcome.result.state is TrialState.FAILED
@@ -421,7 +422,7 @@ class _RichProgress(_Progress):
 
         grid = Table.grid(padding=(0, 1))
         done = c["finished"] + c["failed"]
-        grid.add_row(ProgressBar(total=max(self.total, 1), completed=done, width=40), self.text(c, running))
+        grid.add_row(ProgressBar(total=max(self.total, 1), completed=done, width=24), self.text(c, running))
         self._live.update(grid)
 
 

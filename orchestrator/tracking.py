@@ -548,7 +548,9 @@ class ExecutionRecorder:
         if result.error:
             client.log_text(run_id, result.error, "traceback.txt")
         result.run_id = run_id
-        client.set_terminated(run_id, result.state.value, end_time=now)
+        wall = result.metrics.get("wall_time_s")
+        end = int(started_ms + wall * 1000) if started_ms and wall is not None and result.attempts == 1 else now
+        client.set_terminated(run_id, result.state.value, end_time=end)
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

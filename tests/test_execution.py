@@ -234,3 +234,11 @@ def test_unreachable_ray_address_is_exit_2_with_one_line(write_study, tracking_u
                           env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "is unreachable" in done.stderr and "expected a Ray head's GCS port there" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_max_concurrent_limits_trials_in_flight(write_study, tracking_uri):
+    study = load_study(write_study("one_at_a_time", {"A": [0, 1, 2, 3]}, {"duration_s": 0.3, "sleep": True}), "smoke")
+    summary = run_study(study, tracking_uri=tracking_uri, max_concurrent=1, progress=False)
+    assert summary.finished == 4
+    spans = sorted((r.info.start_time, r.info.end_time) for r in trial_runs(tracking_uri, "one_at_a_time"))
+    assert all(end <= next_start + 5 for (_, end), (next_start, _) in zip(spans, spans[1:])), spans

@@ -95,3 +95,31 @@ def test_rest_api_lists_parent_and_nested_trial_runs_with_typed_levels(mlflow_se
     assert df["bias"].map(type).eq(bool).all() and df["width"].dtype.kind == "i" and df["lr"].dtype.kind == "f"
     artifacts = call(base, "/api/2.0/mlflow/artifacts/list?" + urllib.parse.urlencode({"run_id": meta["parent_run_id"]}))
     assert "design.csv" in {f["path"] for f in artifacts.get("files", [])}
+
+
+def test_orchestrator_ui_serves_the_study_store_on_localhost(write_study, tmp_path, subprocess_env):
+    uri = f"sqlite:///{tmp_path / 'ui' / 'mlflow.db'}"
+    path = write_study("with_ui")
+    run_study(load_study(path, "smoke"), tracking_uri=uri, in_process=True, progress=False)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", str(path), "--tracking-uri", uri, "--port", str(port)],
+                            env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"MLflow UI: http://127.0.0.1:{port}/#/experiments/"), first
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                experiment = call(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=with_ui")["experiment"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        assert first.strip().endswith(experiment["experiment_id"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group this test started: orchestrator ui and the mlflow ui under it
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
