@@ -27,5 +27,18 @@ study = Study(
     },
 )
 
+def findings(df, analysis):
+    """Sentences computed from the run (used by ``orchestrator writeup``)."""
+    from orchestrator.findings import fmt, group_stats, share_sentence
+
+    out = []
+    stats = group_stats(df, ["precision", "beta2", "eps"], "test_accuracy")
+    for _, row in stats.iterrows():
+        out.append(f"precision={row['precision']}, beta2={row['beta2']}, eps={row['eps']}: {int(row['diverged'])} of "
+                   f"{int(row['trials'])} trials diverged; mean test accuracy of the others {fmt(row['mean'])}.")
+    out.append(share_sentence(analysis))
+    return out
+
+
 if __name__ == "__main__":
     study.main()

@@ -23,5 +23,21 @@ study = Study(
     },
 )
 
+def findings(df, analysis):
+    """Sentences computed from the run (used by ``orchestrator writeup``)."""
+    from orchestrator.findings import finished, fmt, group_stats, share_sentence
+
+    out = []
+    for _, row in group_stats(df, ["model", "optimizer", "lr"], "test_accuracy").iterrows():
+        out.append(f"{row['model']} with {row['optimizer']} at lr={row['lr']}: test accuracy {fmt(row['mean'])} "
+                   f"(sd {fmt(row['sd'])} across seeds; {int(row['diverged'])} diverged).")
+    ok = finished(df)
+    for model, group in ok.groupby("model"):
+        usable = group.groupby(["optimizer", "lr"])["test_accuracy"].mean()
+        out.append(f"{model}: {int((usable > 0.9).sum())} of {len(usable)} learning rates reach a mean test accuracy above 0.9.")
+    out.append(share_sentence(analysis))
+    return out
+
+
 if __name__ == "__main__":
     study.main()

@@ -35,5 +35,20 @@ study = Study(
     },
 )
 
+def findings(df, analysis):
+    """Sentences computed from the run (used by ``orchestrator writeup``)."""
+    from orchestrator.findings import finished
+
+    out = []
+    ok = finished(df)
+    for (model, grid), group in ok.groupby(["model", "grid"]):
+        means = group.groupby("optimizer")[["train_loss", "test_loss"]].mean()
+        by_train = " < ".join(means["train_loss"].sort_values().index)
+        by_test = " < ".join(means["test_loss"].sort_values().index)
+        same = "the same ranking" if by_train == by_test else "a different ranking"
+        out.append(f"model={model}, grid={grid}: by training loss {by_train}; by test loss {by_test} ({same}).")
+    return out
+
+
 if __name__ == "__main__":
     study.main()

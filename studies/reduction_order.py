@@ -34,5 +34,20 @@ study = Study(
     },
 )
 
+def findings(df, analysis):
+    """Sentences computed from the run (used by ``orchestrator writeup``)."""
+    from orchestrator.findings import fmt, group_stats, share_sentence
+
+    out = [share_sentence(analysis, k=5)]
+    for _, row in group_stats(df, ["precision", "regime"], "test_accuracy").iterrows():
+        out.append(f"precision={row['precision']}, regime={row['regime']}: test accuracy {fmt(row['mean'])} on average, "
+                   f"sd {fmt(row['sd'])} across seeds and orders ({int(row['trials'])} trials).")
+    for c in analysis.get("variance_components") or []:
+        if c.get("component", "").startswith("seed_"):
+            out.append(f"Seed stream {c['component'][5:]}: variance component {fmt(c.get('variance'))}"
+                       + (" (estimated at zero)" if c.get("boundary") else "") + ".")
+    return out
+
+
 if __name__ == "__main__":
     study.main()

@@ -26,5 +26,27 @@ study = Study(
     variants={"smoke": Variant(replicates=2, params={"epochs": 2, "width": 32}), "full": Variant()},
 )
 
+def findings(df, analysis):
+    """Sentences computed from the run (used by ``orchestrator writeup``)."""
+    from orchestrator.findings import finished, fmt, share_sentence
+
+    ok = finished(df)
+    effects = []
+    for factor in ["optimizer", "precision", "reduction_order", "model", "lr", "batch_size", "init_scale"]:
+        means = ok.groupby(factor)["test_accuracy"].mean()
+        if len(means) == 2:
+            effects.append((abs(means.iloc[1] - means.iloc[0]), factor, means))
+    effects.sort(reverse=True)
+    aliases = {a["effect"]: a["aliases"] for a in analysis.get("aliases") or []} if isinstance(analysis.get("aliases"), list) else (analysis.get("aliases") or {})
+    out = []
+    for size, factor, means in effects[:3]:
+        alias = aliases.get(factor) or []
+        out.append(f"{factor}: mean test accuracy {fmt(means.iloc[0])} at {means.index[0]} vs {fmt(means.iloc[1])} at "
+                   f"{means.index[1]} (difference {fmt(size)})" + (f"; aliased with {', '.join(alias)}" if alias else "") + ".")
+    out.append(f"{int(df['diverged'].fillna(0).sum())} of {len(df)} trials diverged.")
+    out.append(share_sentence(analysis))
+    return out
+
+
 if __name__ == "__main__":
     study.main()

@@ -42,5 +42,35 @@ study = Study(
     },
 )
 
+def findings(df, analysis):
+    """Sentences computed from the run (used by ``orchestrator writeup``)."""
+    import math
+
+    from orchestrator.findings import finished, fmt, group_stats, share_sentence
+
+    out = []
+    by_opt = group_stats(df, ["optimizer"], "final_loss").set_index("optimizer")
+    for opt, row in by_opt.iterrows():
+        out.append(f"{opt}: median final loss {fmt(row['median'])} (range {fmt(row['min'])} to {fmt(row['max'])}), "
+                   f"{int(row['diverged'])} of {int(row['trials'])} trials diverged.")
+    ok = finished(df)
+    if {"lm", "gd", "adam"} <= set(by_opt.index):
+        best_first_order = min(by_opt.loc["gd", "median"], by_opt.loc["adam", "median"])
+        lm = by_opt.loc["lm", "median"]
+        if lm > 0 and best_first_order > 0:
+            out.append(f"Levenberg-Marquardt ends {fmt(math.log10(best_first_order / lm), 3)} orders of magnitude below "
+                       "the better first-order method within the same number of steps: first-order methods plateau, LM does not.")
+    for recipe in sorted(ok["recipe"].unique()) if "recipe" in ok else []:
+        gd = ok[(ok["optimizer"] == "gd") & (ok["recipe"] == recipe)]
+        if gd["kappa"].nunique() > 1:
+            low, high = gd["kappa"].min(), gd["kappa"].max()
+            a = gd[gd["kappa"] == low]["final_loss"].median()
+            b = gd[gd["kappa"] == high]["final_loss"].median()
+            out.append(f"Gradient descent with the {recipe} recipe: median final loss {fmt(a)} at kappa={fmt(low)} and "
+                       f"{fmt(b)} at kappa={fmt(high)} (ratio {fmt(b / a if a else float('nan'))}).")
+    out.append(share_sentence(analysis))
+    return out
+
+
 if __name__ == "__main__":
     study.main()

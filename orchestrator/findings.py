@@ -1,0 +1,71 @@
+"""Small helpers for the ``findings(df, analysis)`` functions of study files.
+
+Findings are sentences computed from a study's results table (one row per trial, as
+``tracking.load_results`` gives) and its analysis (``AnalysisResult.to_dict()``), so a
+write-up never carries a number typed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["fmt", "finished", "group_stats", "share_sentence"]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number as text with ``digits`` significant digits (``n/a`` for missing values)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def finished(df: "pd.DataFrame", include_diverged: bool = False) -> "pd.DataFrame":
+    """The FINISHED trials (without diverged ones unless asked)."""
+    out = df[df["state"] == "FINISHED"] if "state" in df.columns else df
+    if not include_diverged and "diverged" in out.columns:
+        out = out[out["diverged"].fillna(0) == 0]
+    return out
+
+
+def group_stats(df: "pd.DataFrame", by: Sequence[str], metric: str) -> "pd.DataFrame":
+    """Per group: trials, diverged, and mean / median / sd / min / max of ``metric`` over non-diverged trials."""
+    import pandas as pd
+
+    rows = []
+    for key, group in df.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ok = finished(group)
+        values = ok[metric].dropna() if metric in ok.columns else pd.Series(dtype=float)
+        rows.append({
+            **dict(zip(by, key)),
+            "trials": len(group),
+            "diverged": int(group["diverged"].fillna(0).sum()) if "diverged" in group.columns else 0,
+            "mean": float(values.mean()) if len(values) else math.nan,
+            "median": float(values.median()) if len(values) else math.nan,
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+            "min": float(values.min()) if len(values) else math.nan,
+            "max": float(values.max()) if len(values) else math.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def share_sentence(analysis: Mapping[str, Any], k: int = 3) -> str:
+    """'The largest shares of the variance of X: a (52%, CI 40-60%), ...' from the shares table."""
+    shares = [s for s in analysis.get("shares") or [] if s.get("share") is not None]
+    if not shares:
+        return "The analysis could not attribute the variance (no shares table)."
+    shares.sort(key=lambda s: -s["share"])
+    parts = []
+    for s in shares[:k]:
+        ci = s.get("ci") or [None, None]
+        interval = f", 95% CI {fmt(100 * ci[0], 2)}-{fmt(100 * ci[1], 2)}%" if ci[0] is not None and ci[1] is not None else ""
+        parts.append(f"{s['source']} ({fmt(100 * s['share'], 3)}%{interval})")
+    name = analysis.get("response")
+    transform = " (log scale)" if analysis.get("transform") == "log" else ""
+    return f"The largest shares of the variance of {name}{transform}: " + "; ".join(parts) + "."
