@@ -64,8 +64,8 @@ def share_sentence(analysis: Mapping[str, Any], k: int = 3) -> str:
     parts = []
     for s in shares[:k]:
         ci = s.get("ci") or [None, None]
-        interval = f", 95% CI {fmt(100 * ci[0], 2)}-{fmt(100 * ci[1], 2)}%" if ci[0] is not None and ci[1] is not None else ""
-        parts.append(f"{s['source']} ({fmt(100 * s['share'], 3)}%{interval})")
+        interval = f", 95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}%" if ci[0] is not None and ci[1] is not None else ""
+        parts.append(f"{s['source']} ({100 * s['share']:.1f}%{interval})")
     name = analysis.get("response")
     transform = " (log scale)" if analysis.get("transform") == "log" else ""
     return f"The largest shares of the variance of {name}{transform}: " + "; ".join(parts) + "."
