@@ -495,7 +495,8 @@ def run_study(
     try:
         recorder = ExecutionRecorder(store, plan, mode=mode.value)
         to_run = recorder.begin()
-        assert recorder.info is not None
+        if recorder.info is None:  # pragma: no cover - begin() always sets it
+            raise RuntimeError("the execution recorder did not start an execution")
         info = recorder.info
         summary = ExecutionSummary(
             study=study.name, variant=study.variant, mode=mode.value, execution_id=info.execution_id,
@@ -524,7 +525,8 @@ def _execute(
 
     def on_done(outcome: Outcome) -> None:
         result = outcome.result
-        assert result is not None
+        if result is None:  # pragma: no cover - outcomes always carry a result
+            raise RuntimeError("an outcome arrived without a trial result")
         if result.state is TrialState.FAILED:
             counts["failed"] += 1
         else:

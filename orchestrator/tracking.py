@@ -481,7 +481,8 @@ class ExecutionRecorder:
                 self._queue.task_done()
 
     def _trial_tags(self, trial: Trial) -> dict[str, str]:
-        assert self.info is not None  # begin() ran: internal invariant, not user input
+        if self.info is None:  # pragma: no cover - begin() runs first
+            raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
         return {
             **self._base_tags,
             "run_kind": "trial",
@@ -494,7 +495,8 @@ class ExecutionRecorder:
         }
 
     def _create(self, trial: Trial, start_ms: int | None) -> str:
-        assert self.info is not None
+        if self.info is None:  # pragma: no cover - begin() runs first
+            raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
         run = self.store.client.create_run(self.info.experiment_id, start_time=start_ms or _now_ms(), tags=self._trial_tags(trial))
         run_id = run.info.run_id
         self.run_ids[trial.trial_id] = run_id
@@ -530,7 +532,8 @@ class ExecutionRecorder:
         metrics = [m for step, values, ts in curve for m in _metric_entities(values, step, ts)]
         metrics += _metric_entities(result.metrics, final_step, now)
         if run_id is None:
-            assert self.info is not None
+            if self.info is None:  # pragma: no cover - begin() runs first
+                raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
             all_tags = {**self._trial_tags(trial), **tags}
             run = client.create_run(self.info.experiment_id, start_time=started_ms or now, tags=all_tags)
             run_id = run.info.run_id
@@ -644,6 +647,14 @@ def _rank(run: "Run") -> tuple[int, int]:
     return (1 if run.info.status == "FINISHED" else 0, run.info.start_time or 0)
 
 
+def _info(run: "Run") -> dict[str, Any]:
+    """What the trial recorded about itself (``ctx.record``): dtypes, flags, the final-parameter hash."""
+    try:
+        return json.loads(run.data.tags.get("orchestrator.info", "{}"))
+    except json.JSONDecodeError:  # clipped by the tag length limit
+        return {}
+
+
 def _typed(run: "Run", study: "Study") -> dict[str, Any]:
     """Levels, seeds and seed indices typed per the study (from the JSON tag; params as a fallback)."""
     text = run.data.tags.get("orchestrator.trial")
@@ -671,7 +682,8 @@ def load_results(
     Returns:
         ``(df, meta)``: ``df`` has ``trial_id``, ``cell_id``, ``replicate``, ``state``,
         ``run_id``, ``execution_id``, one column per factor (numbers stay numbers),
-        ``seed_<stream>``, ``seed_index_<stream>`` and every final metric (float).
+        ``seed_<stream>``, ``seed_index_<stream>``, every final metric (float), and from the
+        trial's recorded info ``deterministic`` (bool) and ``param_hash`` (str or None).
         ``meta`` has ``experiment_id``, ``parent_run_id``, ``execution_id``, ``lineage``,
         ``environment``, ``study_hash``, ``variant``, ``tracking_uri``, ``code_version``.
 
@@ -702,6 +714,9 @@ def load_results(
             row[f"seed_{stream}"] = typed["seeds"].get(stream)
             row[f"seed_index_{stream}"] = typed.get("seed_index", {}).get(stream)
         row.update({k: float(v) for k, v in run.data.metrics.items()})
+        info = _info(run)
+        row["deterministic"] = bool(info.get("deterministic", False))
+        row["param_hash"] = info.get("param_hash")
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
