@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the reduction-order study (smoke variant, ~1 minute on 2 cores) on an embedded
+# local Ray, recorded in SQLite MLflow under mlflow/, analysed, and reported.
+DEMO_STUDY ?= studies/reduction_order.py
+DEMO_VARIANT ?= smoke
 demo: $(STAMP)
-	$(VENV)/bin/orchestrator plan studies/screening_demo.py --variant smoke
+	$(VENV)/bin/orchestrator run $(DEMO_STUDY) --variant $(DEMO_VARIANT) --no-progress
+	$(VENV)/bin/orchestrator analyze $(DEMO_STUDY) --variant $(DEMO_VARIANT) --bootstrap 100
+	$(VENV)/bin/orchestrator report $(DEMO_STUDY) --variant $(DEMO_VARIANT) --bootstrap 100 --out reports/demo
+	@echo
+	@echo "MLflow UI:   $(VENV)/bin/orchestrator ui      (then open the printed http://127.0.0.1 URL)"
+	@echo "HTML report: reports/demo/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
