@@ -19,6 +19,7 @@ study = Study(
     seed=1502,
     variants={
         "smoke": Variant(replicates=2, params={"epochs": 2, "width": 32}, levels={"lr": {"sgd": [0.1, 1.0], "adam": [1e-3, 1e-2]}}),
+        "writeup": Variant(replicates=3, params={"epochs": 4}, description="all 12 cells, 3 seeds, 4 epochs"),
         "full": Variant(),
     },
 )

@@ -31,6 +31,7 @@ study = Study(
     seed=2017,
     variants={
         "smoke": Variant(replicates=2, params={"epochs": 1, "width": 32, "grids": {k: {"narrow": v["narrow"], "wide": v["wide"][1:4:2]} for k, v in GRIDS.items()}}),
+        "writeup": Variant(replicates=2, params={"epochs": 3}, description="all 12 cells, 2 seeds, 3 epochs per grid value"),
         "full": Variant(),
     },
 )

@@ -30,6 +30,11 @@ study = Study(
             seed_streams={"init": 2, "data": "fixed", "reduction": 2},
             description="2 orders x 2 precisions x 2 regimes x (2 init x 2 reduction seeds) = 32 short trials",
         ),
+        "writeup": Variant(
+            levels={"epochs": {"short": [2], "long": [6]}},
+            seed_streams={"init": 2, "data": "fixed", "reduction": 2},
+            description="4 orders x 2 precisions x 2 regimes x (2 init x 2 reduction seeds) = 64 trials",
+        ),
         "full": Variant(),
     },
 )

@@ -23,7 +23,11 @@ study = Study(
     replicates=3,
     metrics={"test_accuracy": "maximize", "test_loss": "minimize"},
     seed=7,
-    variants={"smoke": Variant(replicates=2, params={"epochs": 2, "width": 32}), "full": Variant()},
+    variants={
+        "smoke": Variant(replicates=2, params={"epochs": 2, "width": 32}),
+        "writeup": Variant(replicates=3, params={"epochs": 4}, description="the 8-run screen, 3 seeds, 4 epochs"),
+        "full": Variant(),
+    },
 )
 
 def findings(df, analysis):

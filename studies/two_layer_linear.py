@@ -38,6 +38,12 @@ study = Study(
             levels={"lr": {"gd": [1e-5], "adam": [1e-2], "lm": [1.0]}, "kappa": [10.0, 1e4], "model": ["deep_linear"]},
             description="3 optimizers x 2 recipes x 2 condition numbers, 2 init seeds: under a minute on 2 CPUs",
         ),
+        "writeup": Variant(
+            replicates=3,
+            params={"steps": 500, "log_every": 25},
+            levels={"kappa": [10.0, 1e3, 1e5]},
+            description="the talk's learning-rate grid, both recipes and models, 3 condition numbers, 3 init seeds, 500 steps: a few minutes on 2 CPUs",
+        ),
         "full": Variant(description="the talk's grid, 5 init seeds, 5000 steps"),
     },
 )
