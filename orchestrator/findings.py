@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["fmt", "finished", "group_stats", "share_sentence"]
+__all__ = ["fmt", "finished", "group_stats", "share", "share_sentence"]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -38,7 +38,7 @@ def group_stats(df: "pd.DataFrame", by: Sequence[str], metric: str) -> "pd.DataF
     import pandas as pd
 
     rows = []
-    for key, group in df.groupby(list(by), sort=False):
+    for key, group in df.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         ok = finished(group)
         values = ok[metric].dropna() if metric in ok.columns else pd.Series(dtype=float)
@@ -69,3 +69,11 @@ def share_sentence(analysis: Mapping[str, Any], k: int = 3) -> str:
     name = analysis.get("response")
     transform = " (log scale)" if analysis.get("transform") == "log" else ""
     return f"The largest shares of the variance of {name}{transform}: " + "; ".join(parts) + "."
+
+
+def share(analysis: Mapping[str, Any], source: str) -> float | None:
+    """The share of the variance attributed to ``source`` (None when it is not in the table)."""
+    for row in analysis.get("shares") or []:
+        if row.get("source") == source:
+            return row.get("share")
+    return None

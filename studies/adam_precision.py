@@ -37,6 +37,18 @@ def findings(df, analysis):
     for _, row in stats.iterrows():
         out.append(f"precision={row['precision']}, beta2={row['beta2']}, eps={row['eps']}: {int(row['diverged'])} of "
                    f"{int(row['trials'])} trials diverged; mean test accuracy of the others {fmt(row['mean'])}.")
+    flagged = df[(df["precision"] == "bf16") & (df["beta2"] >= 0.999)]
+    if len(flagged):
+        rate = flagged["diverged"].fillna(0).mean()
+        out.append(f"The audit flagged bf16 with beta2 >= 0.999 (beta2 rounds to 1.0) before any trial ran; at run time "
+                   f"{100 * rate:.0f}% of those trials diverged" + (", so the plan-time warning was right." if rate > 0.5 else
+                   ", so in this regime the rounding did not break training."))
+    clean = df[(df["precision"] == "bf16") & (df["beta2"] < 0.999)]
+    if len(clean):
+        from orchestrator.numerics.audit import round_to_dtype
+
+        stored = round_to_dtype(0.99, "bfloat16")
+        out.append(f"bf16 with beta2 = 0.99 (stored as {stored!r}): {int(clean['diverged'].fillna(0).sum())} of {len(clean)} trials diverged.")
     out.append(share_sentence(analysis))
     return out
 

@@ -33,9 +33,20 @@ def findings(df, analysis):
         out.append(f"{row['model']} with {row['optimizer']} at lr={row['lr']}: test accuracy {fmt(row['mean'])} "
                    f"(sd {fmt(row['sd'])} across seeds; {int(row['diverged'])} diverged).")
     ok = finished(df)
+    usable_count = {}
     for model, group in ok.groupby("model"):
         usable = group.groupby(["optimizer", "lr"])["test_accuracy"].mean()
-        out.append(f"{model}: {int((usable > 0.9).sum())} of {len(usable)} learning rates reach a mean test accuracy above 0.9.")
+        usable_count[model] = int((usable > 0.9).sum())
+        out.append(f"{model}: {usable_count[model]} of {len(usable)} (optimizer, learning rate) settings reach a mean test accuracy above 0.9.")
+    if {"mlp", "mlp_bn"} <= set(usable_count):
+        best = ok.groupby("model")["test_accuracy"].max()
+        spread = ok.groupby(["model", "optimizer", "lr"])["test_accuracy"].std().groupby("model").median()
+        out.append(
+            "Batch norm " + ("widened" if usable_count["mlp_bn"] > usable_count["mlp"] else "did not widen")
+            + f" the usable learning-rate range ({usable_count['mlp']} -> {usable_count['mlp_bn']} settings above 0.9), "
+            + f"moved the best accuracy from {fmt(best['mlp'])} to {fmt(best['mlp_bn'])}, and changed the median spread across "
+            + f"seeds from {fmt(spread['mlp'])} to {fmt(spread['mlp_bn'])}."
+        )
     out.append(share_sentence(analysis))
     return out
 

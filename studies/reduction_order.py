@@ -43,7 +43,15 @@ def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
     from orchestrator.findings import fmt, group_stats, share_sentence
 
+    from orchestrator.findings import share
+
     out = [share_sentence(analysis, k=5)]
+    numerics = sum(share(analysis, name) or 0.0 for name in ("reduction_order", "seed_reduction", "precision"))
+    seeds = sum(share(analysis, name) or 0.0 for name in ("seed_init", "seed_data"))
+    out.append(f"Numerics (reduction order, the reduction seed and precision, main effects) account for {100 * numerics:.1f}% of "
+               f"the variance and the init/data seeds for {100 * seeds:.1f}%: "
+               + ("here the seeds matter more than the summation order." if seeds > numerics else
+                  "here the numerics matter more than the seeds."))
     for _, row in group_stats(df, ["precision", "regime"], "test_accuracy").iterrows():
         out.append(f"precision={row['precision']}, regime={row['regime']}: test accuracy {fmt(row['mean'])} on average, "
                    f"sd {fmt(row['sd'])} across seeds and orders ({int(row['trials'])} trials).")
