@@ -48,6 +48,9 @@ def findings(df, analysis):
         out.append(f"{factor}: mean test accuracy {fmt(means.iloc[0])} at {means.index[0]} vs {fmt(means.iloc[1])} at "
                    f"{means.index[1]} (difference {fmt(size)})" + (f"; aliased with {', '.join(alias)}" if alias else "") + ".")
     out.append(f"{int(df['diverged'].fillna(0).sum())} of {len(df)} trials diverged.")
+    out.append("In a resolution III screen every main effect is confounded with two-factor interactions (listed above), "
+               "so a large 'main effect' may be one of its aliases; confirm the top factors with a fold-over or a full "
+               "factorial of those few factors before acting on the screen.")
     out.append(share_sentence(analysis))
     return out
 
