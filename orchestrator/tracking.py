@@ -397,7 +397,9 @@ class ExecutionRecorder:
             client.log_text(parent_id, json.dumps(study.to_dict(), indent=2, default=str), "study.json")
             client.log_text(parent_id, json.dumps(self.environment, indent=2, default=str), "environment.json")
             if study.source_file and Path(study.source_file).is_file():
-                client.log_text(parent_id, Path(study.source_file).read_text(encoding="utf-8"), f"study/{Path(study.source_file).name}")
+                # stored as .py.txt: the embedded store lives in mlflow/, which must hold no .py file (it could
+                # shadow the mlflow package when Python runs from the repository root)
+                client.log_text(parent_id, Path(study.source_file).read_text(encoding="utf-8"), f"study/{Path(study.source_file).name}.txt")
         except Exception as exc:  # noqa: BLE001
             raise TrackingStoreError(f"tracking store {self.store.uri} refused to record execution of {study.name!r}: {type(exc).__name__}: {exc}") from None
         self.info = ExecutionInfo(execution_id, lineage, parent_id, experiment_id, self.mode)

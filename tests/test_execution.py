@@ -83,6 +83,8 @@ def test_executor_contract(in_process, write_study, tracking_uri):
     assert {"A", "opt", "lr", "seed_init", "seed_data", "seed_reduction", "residual_sd"} <= set(run.data.params)
     parent_files = {a.path for a in client.list_artifacts(meta["parent_run_id"])}
     assert {"design.csv", "study.json", "environment.json", "study"} <= parent_files
+    # the study's source is kept as text: an embedded store under mlflow/ must never hold a .py file
+    assert [a.path for a in client.list_artifacts(meta["parent_run_id"], "study")] == [f"study/{Path(path).name}.txt"]
     design = Path(client.download_artifacts(meta["parent_run_id"], "design.csv")).read_text()
     assert design.splitlines()[0].startswith("order,trial_id,cell_id,replicate,A,opt,lr")
 

@@ -72,3 +72,5 @@ def test_make_demo_runs_the_main_job(tmp_path):
     assert "Where the variance comes from" in result.stdout
     assert "orchestrator ui" in result.stdout and "reports/demo/report.html" in result.stdout
     assert (ROOT / "reports" / "demo" / "report.html").is_file()
+    # the study source logged with the parent run must not become a .py file under mlflow/
+    assert not list((ROOT / "mlflow").glob("**/*.py"))

@@ -65,6 +65,6 @@ def test_writeup_regenerates_a_page_from_a_run(ray_session, tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "docs" / "two_layer_linear.md").read_text()
     assert "orchestrator writeup" in page and "## What the result shows" in page
-    assert "Levenberg-Marquardt ends" in page and "orders of magnitude below" in page
+    assert "for Levenberg-Marquardt" in page and "orders of magnitude lower" in page
     assert (tmp_path / "docs" / "two_layer_linear" / "results.csv").is_file()
     assert "![variance_shares](two_layer_linear/variance_shares.png)" in page
