@@ -409,10 +409,7 @@ def _seed_combinations(study: "Study") -> list[dict[str, int]]:
 
 
 def _audit(study: "Study", cells: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    try:
-        from .numerics.audit import audit_config
-    except ModuleNotFoundError:  # the numerics kit is being written alongside
-        return {}
+    from .numerics.audit import audit_config  # torch-free
 
     findings = {}
     for levels in cells:

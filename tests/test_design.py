@@ -181,3 +181,23 @@ def test_blocking_keeps_each_block_together_in_level_order():
     blocks = [t.block for t in plan.trials]
     assert blocks == ["fp32"] * 6 + ["bf16"] * 6
     assert [t.order for t in plan.trials] == list(range(12))
+
+
+def test_a_study_can_refuse_cells_whose_hyperparameters_change_meaning():
+    def plan(refuse):
+        return make_plan(
+            Study(
+                name="refuse", workload="digits",
+                factors=[Factor("precision", ["fp32", "bf16"]), Factor("beta2", [0.99, 0.999])],
+                params={"optimizer": "adam"}, metrics=["test_accuracy"], variants=VARIANTS, refuse_unrepresentable=refuse,
+            ).with_variant("full")
+        )
+
+    kept = plan(False)
+    assert kept.counts["cells"] == 4
+    flagged = {(row["levels"]["precision"], row["levels"]["beta2"]) for row in kept.audit}
+    assert ("bf16", 0.999) in flagged and ("fp32", 0.999) not in flagged
+    refused = plan(True)
+    reasons = {(e["levels"]["precision"], e["levels"]["beta2"]): e["reason"] for e in refused.excluded}
+    assert ("bf16", 0.999) in reasons and reasons[("bf16", 0.999)].startswith("refuse_unrepresentable: beta2")
+    assert ("fp32", 0.99) not in reasons and ("fp32", 0.999) not in reasons
