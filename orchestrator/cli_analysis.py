@@ -100,13 +100,13 @@ def _prepare(study: str | None, csv: str | None, variant: str | None, metric: st
     return df, choice
 
 
-def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int, log: bool, bootstrap: int, seed: int,
+def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int | None, log: bool | None, bootstrap: int, seed: int,
          spread_by: str | None) -> "AnalysisResult":
     from orchestrator.analysis import AnalysisError, analyze as run_analysis
 
     defaults = choice.get("defaults") or {}
     interactions = interactions or int(defaults.get("interactions", 2))
-    log = log or bool(defaults.get("log", False))
+    log = bool(defaults.get("log", False)) if log is None else log
     spread_by = spread_by or defaults.get("spread_by")
     try:
         result = run_analysis(df, choice["response"], fixed=choice["fixed"], random=choice["random"],
@@ -130,7 +130,7 @@ def _common(fn):
         click.option("--random", "random_", default=None, help="Random factors (seed streams), comma-separated."),
         click.option("--interactions", type=click.IntRange(min=1), default=None,
                      help="Highest interaction order among fixed factors (default: the study's, else 2)."),
-        click.option("--log", is_flag=True, help="Analyse log(response) (for losses; a study can make it its default)."),
+        click.option("--log/--no-log", default=None, help="Analyse log(response) (for losses); default: the study's analysis setting, else no."),
         click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
                      help="Bootstrap replicates for the intervals (0: none)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
@@ -150,7 +150,7 @@ def _common(fn):
 @click.option("--power", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
 def analyze(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
-            fixed: str | None, random_: str | None, interactions: int, log: bool, bootstrap: int, seed: int,
+            fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, bootstrap: int, seed: int,
             spread_by: str | None, tracking_uri: str | None, fmt: str, plan_replicates: bool,
             effect_size: float | None, power: float, alpha: float) -> None:
     """Attribute the variance of a metric to each factor of STUDY, or of a CSV (--csv).
@@ -183,7 +183,7 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder for report.md, report.html and the plots (default: reports/<name>).")
 def report(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
-           fixed: str | None, random_: str | None, interactions: int, log: bool, bootstrap: int, seed: int,
+           fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, bootstrap: int, seed: int,
            spread_by: str | None, tracking_uri: str | None, out: str | None) -> None:
     """Write a Markdown and a self-contained HTML report with plots; for a STUDY, log them to MLflow.
 

@@ -93,7 +93,7 @@ def compare(study: str, baseline: str, candidate: str, variant: str | None, metr
 
     loaded = load(study, variant)
     executions = tracking.list_executions(loaded, tracking_uri=tracking_uri)
-    ids = [e["execution_id"] for e in executions]  # oldest first
+    ids = [e["execution_id"] for e in executions if e.get("variant") == str(loaded.variant)]  # this variant, oldest first
 
     def resolve(ref: str, relative_to: str | None) -> str:
         if ref == "latest" and ids:
@@ -107,7 +107,7 @@ def compare(study: str, baseline: str, candidate: str, variant: str | None, metr
             return matches[0]
         found = ", ".join(ids) or "none"
         raise OrchestratorError(
-            f"execution {ref!r} of study {loaded.name!r} not found: expected an execution id, 'latest' or 'previous' "
+            f"execution {ref!r} of study {loaded.name!r} (variant {loaded.variant}) not found: expected an execution id, 'latest' or 'previous' "
             f"(needs an execution before the candidate). Executions, oldest first: {found}. {did_you_mean(ref, ids) if ids else ''}".rstrip()
         )
 

@@ -237,6 +237,10 @@ def compare_executions(
             xa = _values(a, metric)
             xb = _values(b, metric)
             drift.n_baseline, drift.n_candidate = len(xa), len(xb)
+            outcomes_a, outcomes_b = _outcomes(a), _outcomes(b)
+            if outcomes_a != outcomes_b:  # trials that newly fail or diverge are the worst drift of all
+                drift.changed = True
+                drift.reasons.append(f"outcomes changed: {_outcome_text(outcomes_a)} -> {_outcome_text(outcomes_b)}")
             if xa and xb:
                 drift.mean_baseline = sum(xa) / len(xa)
                 drift.mean_candidate = sum(xb) / len(xb)
@@ -247,12 +251,16 @@ def compare_executions(
                     drift.p_spread = 1.0
                 else:
                     drift.p_mean = float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
-                    drift.p_spread = float(stats.levene(xa, xb, center="median").pvalue)
                     sa, sb = _sd(xa), _sd(xb)
                     drift.sd_ratio = sb / sa if sa > 0 else None
-                for value, kind in ((drift.p_mean, "mean"), (drift.p_spread, "spread")):
-                    tests.append((drift, kind, 1.0 if value is None or math.isnan(value) else value))
-            else:
+                    if min(len(xa), len(xb)) >= 3:
+                        drift.p_spread = float(stats.levene(xa, xb, center="median").pvalue)
+                    else:  # Brown-Forsythe is degenerate with two values per group
+                        drift.reasons.append("spread not tested (needs 3 finished trials per execution)")
+                tests.append((drift, "mean", 1.0 if drift.p_mean is None or math.isnan(drift.p_mean) else drift.p_mean))
+                if drift.p_spread is not None:
+                    tests.append((drift, "spread", 1.0 if math.isnan(drift.p_spread) else drift.p_spread))
+            elif not drift.changed:
                 drift.reasons.append("too few finished trials to test (need 2 per execution)")
             cells.append(drift)
     adjusted = holm([p for _, _, p in tests])
@@ -279,9 +287,22 @@ def _values(frame: "pd.DataFrame", metric: str) -> list[float]:
     if metric not in frame.columns:
         return []
     ok = frame["state"] == "FINISHED" if "state" in frame.columns else frame[metric].notna()
-    if "diverged" in frame.columns:
+    if "diverged" in frame.columns and metric != "diverged":
         ok &= frame["diverged"].fillna(0) == 0
     return [float(v) for v in frame.loc[ok, metric] if v == v]
+
+
+def _outcomes(frame: "pd.DataFrame") -> tuple[int, int, int]:
+    """(finished, diverged, failed or killed) trials of one cell in one execution."""
+    states = frame["state"] if "state" in frame.columns else None
+    finished = int((states == "FINISHED").sum()) if states is not None else len(frame)
+    diverged = int(frame.loc[states == "FINISHED", "diverged"].fillna(0).astype(bool).sum()) if "diverged" in frame.columns and states is not None else 0
+    return finished - diverged, diverged, len(frame) - finished
+
+
+def _outcome_text(outcome: tuple[int, int, int]) -> str:
+    ok, diverged, failed = outcome
+    return f"{ok} ok / {diverged} diverged / {failed} failed"
 
 
 def _constant(values: Sequence[float]) -> bool:

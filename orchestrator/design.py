@@ -343,6 +343,7 @@ class Plan:
                 **study.design.to_dict(),
                 "resolution": self.resolution,
                 "generators": self.generators or study.design.to_dict().get("generators"),
+                "runs": len(self.cells) + len(self.excluded),
                 "defining_relation": self.defining_relation,
             },
             "factors": [f.to_dict() for f in study.factors],

@@ -37,16 +37,21 @@ def findings(df, analysis):
     for _, row in stats.iterrows():
         out.append(f"precision={row['precision']}, beta2={row['beta2']}, eps={row['eps']}: {int(row['diverged'])} of "
                    f"{int(row['trials'])} trials diverged; mean test accuracy of the others {fmt(row['mean'])}.")
-    flagged = df[(df["precision"] == "bf16") & (df["beta2"] >= 0.999)]
-    if len(flagged):
-        rate = flagged["diverged"].fillna(0).mean()
-        out.append(f"The audit flagged bf16 with beta2 >= 0.999 (beta2 rounds to 1.0) before any trial ran; at run time "
-                   f"{100 * rate:.0f}% of those trials diverged" + (", so the plan-time warning was right." if rate > 0.5 else
-                   ", so in this regime the rounding did not break training."))
+    from orchestrator.numerics.audit import audit_config, round_to_dtype
+
+    factors = ["precision", "beta2", "eps"]
+    audited = df.apply(lambda row: bool(audit_config({**study.params, **{f: row[f] for f in factors}})), axis=1)
+    diverged = df["diverged"].fillna(0).astype(bool) | (df["state"] != "FINISHED")
+    for label, mask in (("flagged by the audit", audited), ("not flagged", ~audited)):
+        if mask.any():
+            out.append(f"Cells {label} before any trial ran: {int(diverged[mask].sum())} of {int(mask.sum())} trials "
+                       "diverged or failed.")
+    if audited.any() and (~audited).any():
+        a, b = diverged[audited].mean(), diverged[~audited].mean()
+        out.append("The plan-time audit " + ("predicted the run-time failures well: flagged cells failed far more often."
+                   if a > b + 0.5 else "separated failing from healthy cells only partly."))
     clean = df[(df["precision"] == "bf16") & (df["beta2"] < 0.999)]
     if len(clean):
-        from orchestrator.numerics.audit import round_to_dtype
-
         stored = round_to_dtype(0.99, "bfloat16")
         out.append(f"bf16 with beta2 = 0.99 (stored as {stored!r}): {int(clean['diverged'].fillna(0).sum())} of {len(clean)} trials diverged.")
     out.append(share_sentence(analysis))

@@ -48,6 +48,12 @@ def findings(df, analysis):
         out.append(f"{factor}: mean test accuracy {fmt(means.iloc[0])} at {means.index[0]} vs {fmt(means.iloc[1])} at "
                    f"{means.index[1]} (difference {fmt(size)})" + (f"; aliased with {', '.join(alias)}" if alias else "") + ".")
     out.append(f"{int(df['diverged'].fillna(0).sum())} of {len(df)} trials diverged.")
+    lost = [g for _, g in df.groupby("cell_id") if (g["diverged"].fillna(0).astype(bool) | (g["state"] != "FINISHED")).all()]
+    if lost:
+        names = "; ".join(", ".join(f"{f}={g.iloc[0][f]}" for f in study.factor_names) for g in lost)
+        out.append(f"{len(lost)} of {df['cell_id'].nunique()} runs lost every replicate ({names}): the surviving design "
+                   "is no longer orthogonal, so the effects above are computed on the surviving cells and mix in "
+                   "what the lost cells would have shown.")
     out.append("In a resolution III screen every main effect is confounded with two-factor interactions (listed above), "
                "so a large 'main effect' may be one of its aliases; confirm the top factors with a fold-over or a full "
                "factorial of those few factors before acting on the screen.")

@@ -76,3 +76,22 @@ def test_environment_differences_flatten_nested_keys():
 def test_bad_margin_is_named():
     with pytest.raises(ValueError, match=r"--margin is an absolute difference and must be >= 0, found -1"):
         compare_executions(table({}), table({}), study="s", factors=["opt"], metrics=["loss"], margin=-1)
+
+
+def test_trials_that_newly_diverge_are_drift_even_when_nothing_is_left_to_test():
+    base = table({}, seed=1, n=3)
+    cand = base.copy()
+    cand.loc[cand["cell_id"] == "cb", "diverged"] = 1.0
+    report = compare_executions(base, cand, study="s", factors=["opt"], metrics=["loss"])
+    assert {c.cell_id for c in report.changed_cells} == {"cb"}
+    assert report.changed_cells[0].reasons[0] == "outcomes changed: 3 ok / 0 diverged / 0 failed -> 0 ok / 3 diverged / 0 failed"
+    rate = compare_executions(base, cand, study="s", factors=["opt"], metrics=["diverged"])
+    assert {c.cell_id for c in rate.changed_cells} == {"cb"}
+
+
+def test_two_replicates_never_give_a_degenerate_spread_verdict():
+    base = pd.DataFrame({"cell_id": ["c"] * 2, "replicate": [0, 1], "state": "FINISHED", "opt": "a", "loss": [0.90, 0.91]})
+    cand = base.assign(loss=[0.903, 0.909])
+    report = compare_executions(base, cand, study="s", factors=["opt"], metrics=["loss"])
+    assert not report.drift
+    assert report.cells[0].p_spread is None and "spread not tested (needs 3 finished trials per execution)" in report.cells[0].reasons

@@ -72,4 +72,4 @@ def test_unknown_execution_is_a_usage_error(drift_study):
     run_study(study, tracking_uri=uri, mode="rerun", progress=False)
     result = compare(path, uri, "--baseline", "nope", "--candidate", "latest")
     assert result.exit_code == 2
-    assert "execution 'nope' of study 'drift_demo' not found" in result.output
+    assert "execution 'nope' of study 'drift_demo' (variant smoke) not found" in result.output

@@ -146,7 +146,8 @@ def add_diagnostics(result: "AnalysisResult", prep: Prepared, residuals: np.ndar
             + "see the rank-based tests.")
     if prep.fixed:
         cells = pd.Series(residuals).groupby([prep.data[f].to_numpy() for f in prep.fixed], sort=False)
-        groups = [g.to_numpy() for _, g in cells if len(g) >= 2]
+        # Brown-Forsythe is degenerate with two values per group (|x - median| is equal within it)
+        groups = [g.to_numpy() for _, g in cells if len(g) >= 3]
         if len(groups) >= 2:
             stat, p = stats.levene(*groups, center="median")
             diag["equal_variance"] = {"test": "Brown-Forsythe across cells", "statistic": _f(stat), "p": _f(p),

@@ -31,7 +31,11 @@ def _grid(config: dict[str, Any]) -> list[Any]:
     level = config.get("grid")
     if not isinstance(grids, dict) or level is None:
         raise ValueError("the tuned workload needs params 'grids' ({optimizer: {grid: [values]}} or {grid: [values]}) and a 'grid' level")
-    table = grids.get(str(config.get("optimizer")), grids)
+    optimizer = str(config.get("optimizer"))
+    per_optimizer = all(isinstance(v, dict) for v in grids.values())
+    if per_optimizer and optimizer not in grids:
+        raise ValueError(f"no grids for optimizer {optimizer!r}: grids has optimizers {sorted(grids)}; add grids[{optimizer!r}] = {{{level!r}: [...]}}")
+    table = grids[optimizer] if per_optimizer else grids
     if str(level) not in table:
         raise ValueError(f"no grid {level!r} for optimizer {config.get('optimizer')!r}: grids has {sorted(table)}")
     values = list(table[str(level)])
