@@ -38,12 +38,18 @@ def _f(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _ci(samples: np.ndarray | None) -> list[float] | None:
+def _usable(samples: np.ndarray | None) -> np.ndarray | None:
+    """The finite bootstrap replicates, or None when fewer than 10 are left to form an interval."""
     if samples is None:
         return None
     s = np.asarray(samples, float)
     s = s[np.isfinite(s)]
-    if len(s) < 10:
+    return s if len(s) >= 10 else None
+
+
+def _ci(samples: np.ndarray | None) -> list[float] | None:
+    s = _usable(samples)
+    if s is None:
         return None
     lo, hi = np.percentile(s, [50 * (1 - CI_LEVEL), 100 - 50 * (1 - CI_LEVEL)])
     return [float(lo), float(hi)]
@@ -57,11 +63,8 @@ def _ci_pivot(estimate: float, samples: np.ndarray | None, scale: str) -> list[f
     poorly. A share is treated the same way on the logit scale. When the estimate sits at a
     boundary (0) or too many replicates do, the percentile interval is used, starting at 0.
     """
-    if samples is None:
-        return None
-    s = np.asarray(samples, float)
-    s = s[np.isfinite(s)]
-    if len(s) < 10:
+    s = _usable(samples)
+    if s is None:
         return None
     a = 50 * (1 - CI_LEVEL)
     lo, hi = np.percentile(s, [a, 100 - a])
