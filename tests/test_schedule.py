@@ -14,7 +14,7 @@ from orchestrator.cli import main
 from orchestrator.schedule import ScheduleError, check_cron
 
 ROOT = Path(__file__).resolve().parents[1]
-CRDS = ROOT.parent / "shared" / "data" / "kuberay-crds"
+CRDS = Path(__file__).parent / "data" / "kuberay-crds"
 STUDY = str(ROOT / "studies" / "screening_demo.py")
 URI = "http://mlflow.example.svc:5000"
 
