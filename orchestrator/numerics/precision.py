@@ -20,9 +20,12 @@ from ..errors import OrchestratorError, did_you_mean
 from .audit import PRECISION_LEVELS
 
 if TYPE_CHECKING:
-    from ..context import TrialContext
+    from ..execution.context import TrialContext
 
-__all__ = ["LossScaler", "Precision", "PrecisionUnavailable", "dtype_name", "hardware"]
+__all__ = ["DETERMINISM_LEVELS", "LossScaler", "Precision", "PrecisionUnavailable", "determinism_level", "dtype_name", "hardware"]
+
+DETERMINISM_LEVELS: tuple[str, ...] = ("deterministic", "default")
+"""Valid ``determinism`` levels: deterministic GPU kernels, or the library's default choice."""
 
 _DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "tf32": torch.float32, "bf16_autocast": torch.float32,
            "fp16_autocast": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -172,17 +175,47 @@ class LossScaler:
             self._clean = 0
 
 
+def determinism_level(config: Any) -> str:
+    """The trial's ``determinism`` level, from ``determinism`` or the older boolean
+    ``deterministic`` (True -> ``deterministic``, False -> ``default``).
+
+    Raises:
+        OrchestratorError: an unknown level, or both settings given and disagreeing.
+    """
+    level = config.get("determinism")
+    legacy = config.get("deterministic")
+    if level is None:
+        return "default" if legacy is not None and not bool(legacy) else "deterministic"
+    if level not in DETERMINISM_LEVELS:
+        raise OrchestratorError(f"determinism: expected a determinism level, found {level!r}. {did_you_mean(str(level), DETERMINISM_LEVELS)}")
+    if legacy is not None and bool(legacy) != (level == "deterministic"):
+        raise OrchestratorError(
+            f"determinism is {level!r} but deterministic is {legacy!r}: the two settings name one switch. "
+            "Keep determinism (deterministic|default) and drop deterministic."
+        )
+    return str(level)
+
+
 @contextlib.contextmanager
 def hardware(ctx: "TrialContext", precision: Precision | None = None) -> Iterator[dict[str, Any]]:
     """Apply the trial's hardware switches for the duration of the block, record them, restore.
 
-    Settings: ``threads`` (default 1) -> ``torch.set_num_threads``; ``deterministic``
-    (default True) -> ``torch.use_deterministic_algorithms``, ``cudnn.deterministic``,
-    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; cuDNN benchmark is always off; TF32 is on only
-    under the ``tf32`` level.
+    Settings: ``threads`` (default 1) -> ``torch.set_num_threads``; ``determinism``
+    (``deterministic``, the default, or ``default``; the older ``deterministic: bool`` still
+    works) -> ``torch.use_deterministic_algorithms``, ``cudnn.deterministic``,
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set only if the environment has none); cuDNN
+    benchmark is always off; TF32 is on only under the ``tf32`` level.
+
+    The determinism level governs GPU kernels (atomics in scatter/index_add, split-K
+    matmuls, cuDNN algorithm choice). On a CPU the flags are applied as asked, but the
+    kernels a trial runs are deterministic at a fixed thread count either way, so the level
+    is recorded as ``determinism_effective = "not_applicable"`` (``determinism_applies``
+    False) rather than as a difference that could not have happened.
     """
     threads = int(ctx.get("threads", 1))
-    deterministic = bool(ctx.get("deterministic", True))
+    level = determinism_level(ctx.config)
+    deterministic = level == "deterministic"
+    on_gpu = _device_type(ctx.device) == "cuda"
     tf32 = bool(precision.tf32) if precision is not None else False
     saved = (
         torch.get_num_threads(),
@@ -213,6 +246,9 @@ def hardware(ctx: "TrialContext", precision: Precision | None = None) -> Iterato
     }
     for key, value in settings.items():
         ctx.record(key, value)
+    ctx.record("determinism", level)
+    ctx.record("determinism_applies", on_gpu)
+    ctx.record("determinism_effective", level if on_gpu else "not_applicable")
     # the promise `orchestrator compare` checks bit for bit: deterministic kernels, or the CPU
     # with a fixed thread count
     ctx.record("deterministic", bool(settings["deterministic_algorithms"] or str(ctx.device).startswith("cpu")))

@@ -1,15 +1,30 @@
-"""Reduction orders: how per-example (or per-microbatch) contributions are summed.
+"""Reduction orders and accumulators: how per-example (or per-microbatch) contributions are
+summed, and in which dtype.
 
-``fixed`` leaves the sum to the kernel (``loss.backward()`` on the reduced loss). Every other
-order materialises the contributions - one gradient per example, or per contiguous
-microbatch when ``reduction_chunks`` > 0 - and adds them explicitly, each addition rounded
-in the contributions' dtype (the trial's precision), except ``fp64``, which accumulates in
-float64 and rounds once at the end.
+Two settings, declared separately:
+
+* ``reduction_order`` - the order of the additions. ``fixed`` is the kernel's own order
+  (``loss.backward()`` on the reduced loss); every other order materialises the
+  contributions - one gradient per example, or per contiguous microbatch when
+  ``reduction_chunks`` > 0 - and adds them explicitly.
+* ``accumulate`` - the dtype every addition rounds in: ``working`` (default: the trial's
+  gradient dtype - bfloat16 under pure ``bf16``), ``fp32`` or ``fp64``. The sum is rounded
+  once to the gradient dtype at the end.
+
+The kernels accumulate 16-bit sums in float32 (``torch.sum`` on a bfloat16 tensor included),
+so ``fixed`` runs on the kernel path only when the declared accumulator is the kernel's own
+(:func:`kernel_accumulator`); otherwise it too materialises the contributions and adds them
+in index order (a fixed order) in the declared dtype. The reduction order ``fp64`` is kept as
+the kernel's order with a float64 accumulator (``accumulate`` must then be ``working`` or
+``fp64``). What really accumulated is recorded as ``accumulator_dtype``, and whether the
+kernel or the explicit path summed as ``reduction_path``.
 
 Example:
     >>> import torch
     >>> values = torch.tensor([1.0] + [1e-3] * 1000, dtype=torch.bfloat16)
     >>> float(ordered_sum(values, "sequential")), float(ordered_sum(values, "kahan"))
+    (1.0, 2.0)
+    >>> float(ordered_sum(values, "fixed")), float(ordered_sum(values, "fixed", accumulator=torch.float32))
     (1.0, 2.0)
 """
 
@@ -20,13 +35,48 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
-from ..errors import did_you_mean
+from ..errors import OrchestratorError, did_you_mean
 from .audit import REDUCTION_ORDERS
 
 if TYPE_CHECKING:
-    from ..context import TrialContext
+    from ..execution.context import TrialContext
 
-__all__ = ["Reducer", "ordered_sum", "per_example_contributions"]
+__all__ = ["ACCUMULATE_LEVELS", "Reducer", "ReductionError", "kernel_accumulator", "ordered_sum", "per_example_contributions"]
+
+ACCUMULATE_LEVELS: tuple[str, ...] = ("working", "fp32", "fp64")
+"""Valid ``accumulate`` levels: the trial's gradient dtype, float32 or float64."""
+
+_ACCUMULATORS = {"fp32": torch.float32, "fp64": torch.float64}
+_NARROW = (torch.bfloat16, torch.float16)
+
+
+class ReductionError(OrchestratorError, ValueError):
+    """A reduction order or accumulator that cannot be honoured as declared."""
+
+
+def kernel_accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels (``loss.backward()``, ``torch.sum``) accumulate ``dtype`` in:
+    float32 for bfloat16/float16 (CPU and GPU alike), the dtype itself otherwise."""
+    return torch.float32 if dtype in _NARROW else dtype
+
+
+def resolve_accumulator(accumulate: str, working: torch.dtype, order: str = "fixed") -> torch.dtype:
+    """The dtype the additions round in, for the ``accumulate`` level and the working dtype.
+
+    Raises:
+        ReductionError: an unknown level, or ``reduction_order: fp64`` with an accumulator
+            other than ``working``/``fp64`` (that order is defined by its float64 accumulator).
+    """
+    if accumulate not in ACCUMULATE_LEVELS:
+        raise ReductionError(f"accumulate: expected an accumulator level, found {accumulate!r}. {did_you_mean(str(accumulate), ACCUMULATE_LEVELS)}")
+    if order == "fp64":
+        if accumulate not in ("working", "fp64"):
+            raise ReductionError(
+                f"reduction_order 'fp64' accumulates in float64 by definition, but accumulate is {accumulate!r}. "
+                "Use reduction_order 'fixed' with that accumulator, or drop the accumulate setting."
+            )
+        return torch.float64
+    return _ACCUMULATORS.get(accumulate, working)
 
 
 def _sequential(values: torch.Tensor, index: torch.Tensor | range) -> torch.Tensor:
@@ -55,22 +105,38 @@ def _kahan(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def ordered_sum(values: torch.Tensor, order: str, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def _fixed(values: torch.Tensor) -> torch.Tensor:
+    # torch.sum accumulates 16-bit inputs in float32; a 16-bit accumulator needs the additions
+    # written out, in index order
+    if values.dtype in _NARROW:
+        return _sequential(values, range(values.shape[0]))
+    return values.sum(0)
+
+
+def ordered_sum(values: torch.Tensor, order: str, *, generator: torch.Generator | None = None, accumulator: torch.dtype | None = None) -> torch.Tensor:
     """Sum ``values`` over its first dimension in ``order``; the result has ``values.dtype``.
 
+    Every addition rounds in ``accumulator`` (default ``values.dtype``); the sum is rounded
+    once to ``values.dtype`` at the end.
+
     Args:
-        values: contributions, shape ``[n, ...]``, in the accumulation dtype.
+        values: contributions, shape ``[n, ...]``.
         order: one of :data:`~orchestrator.numerics.audit.REDUCTION_ORDERS`: ``fixed``
-            (``values.sum(0)``, the kernel's order), ``sequential`` (0, 1, ..., n-1),
-            ``reversed``, ``shuffled`` (a permutation drawn from ``generator``),
+            (``values.sum(0)``, the kernel's order, for a 32/64-bit accumulator; index order
+            for a 16-bit one, which the kernels do not offer), ``sequential`` (0, 1, ...,
+            n-1), ``reversed``, ``shuffled`` (a permutation drawn from ``generator``),
             ``pairwise`` (a balanced tree), ``kahan`` (compensated sequential) or ``fp64``
-            (float64 accumulation, rounded once).
+            (the kernel's order in float64, whatever ``accumulator`` says).
         generator: the source of the permutation for ``shuffled`` (the trial's ``reduction``
             seed stream).
+        accumulator: the dtype the additions round in.
     """
+    dtype = values.dtype
+    if accumulator is not None and accumulator != dtype and order != "fp64":
+        return ordered_sum(values.to(accumulator), order, generator=generator).to(dtype)
     n = values.shape[0]
     if order == "fixed":
-        return values.sum(0)
+        return _fixed(values)
     if order == "sequential":
         return _sequential(values, range(n))
     if order == "reversed":
@@ -141,39 +207,84 @@ def per_example_contributions(
 
 
 class Reducer:
-    """A trial's reduction order, with its ``reduction`` seed stream and microbatching.
+    """A trial's reduction order and accumulator, with its ``reduction`` seed stream and
+    microbatching.
 
-    Settings: ``reduction_order`` (default ``fixed``), ``reduction_chunks`` (default 0:
-    per-example contributions; k > 0: k contiguous microbatches, each summed by the kernel).
+    Settings: ``reduction_order`` (default ``fixed``), ``accumulate`` (default ``working``),
+    ``reduction_chunks`` (default 0: per-example contributions; k > 0: k contiguous
+    microbatches, each summed in index order in the accumulator, then the k partial sums in
+    the order).
+
+    Args:
+        order: the reduction order.
+        seed: the ``reduction`` seed stream (draws the permutations of ``shuffled``).
+        chunks: ``reduction_chunks``.
+        accumulate: ``working``, ``fp32`` or ``fp64``.
+        working: the gradient dtype (the trial's parameter dtype).
+
+    Example:
+        >>> import torch
+        >>> r = Reducer("fixed", accumulate="working", working=torch.bfloat16)
+        >>> r.explicit, r.accumulator_dtype, r.path
+        (True, torch.bfloat16, 'explicit')
+        >>> Reducer("fixed", accumulate="fp32", working=torch.bfloat16).path
+        'kernel'
     """
 
-    def __init__(self, order: str = "fixed", *, seed: int | None = None, chunks: int = 0):
+    def __init__(self, order: str = "fixed", *, seed: int | None = None, chunks: int = 0, accumulate: str = "working", working: torch.dtype = torch.float32):
         if order not in REDUCTION_ORDERS:
-            raise ValueError(f"reduction_order: expected a reduction order, found {order!r}. {did_you_mean(str(order), REDUCTION_ORDERS)}")
+            raise ReductionError(f"reduction_order: expected a reduction order, found {order!r}. {did_you_mean(str(order), REDUCTION_ORDERS)}")
         self.order = order
         self.chunks = int(chunks)
         self.seed = seed
+        self.accumulate = str(accumulate)
+        self.working = working
+        self.accumulator_dtype = resolve_accumulator(self.accumulate, working, order)
         self.generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
 
     @classmethod
-    def from_context(cls, ctx: "TrialContext") -> "Reducer":
+    def from_context(cls, ctx: "TrialContext", working: torch.dtype = torch.float32) -> "Reducer":
+        """The trial's reducer for gradients in ``working``; records ``reduction_order``,
+        ``reduction_chunks``, ``accumulate``, ``accumulator_dtype`` and ``reduction_path``."""
         order = str(ctx.get("reduction_order", "fixed"))
         seed = ctx.seed("reduction") if order == "shuffled" else ctx.trial.seeds.get("reduction")
-        made = cls(order, seed=seed, chunks=int(ctx.get("reduction_chunks", 0)))
-        ctx.record("reduction_order", order)
-        ctx.record("reduction_chunks", made.chunks)
+        made = cls(order, seed=seed, chunks=int(ctx.get("reduction_chunks", 0)), accumulate=str(ctx.get("accumulate", "working")), working=working)
+        made.record(ctx)
         return made
+
+    def like(self, order: str) -> "Reducer":
+        """A reducer in ``order`` with this one's seed, chunks, accumulator and working dtype
+        (``fp64`` keeps its float64 accumulator: it is the reference twin's usual order)."""
+        accumulate = "fp64" if order == "fp64" else self.accumulate
+        return Reducer(order, seed=self.seed, chunks=self.chunks, accumulate=accumulate, working=self.working)
+
+    def record(self, ctx: "TrialContext") -> None:
+        ctx.record("reduction_order", self.order)
+        ctx.record("reduction_chunks", self.chunks)
+        ctx.record("accumulate", self.accumulate)
+        ctx.record("accumulator_dtype", str(self.accumulator_dtype).replace("torch.", ""))
+        ctx.record("reduction_path", self.path)
 
     @property
     def explicit(self) -> bool:
-        """Whether contributions are materialised (every order but ``fixed``)."""
-        return self.order != "fixed"
+        """Whether contributions are materialised and summed here: every order but ``fixed``,
+        and ``fixed`` when the declared accumulator is not the kernel's."""
+        return self.order != "fixed" or self.accumulator_dtype != kernel_accumulator(self.working)
+
+    @property
+    def path(self) -> str:
+        """``kernel`` (``loss.backward()`` sums) or ``explicit`` (this reducer sums)."""
+        return "explicit" if self.explicit else "kernel"
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` summed over dim 0 in this order (after microbatching)."""
+        """``values`` summed over dim 0 in this order and accumulator (after microbatching);
+        the result has ``values.dtype``."""
+        dtype = values.dtype
+        accumulator = torch.float64 if self.order == "fp64" else self.accumulator_dtype
+        values = values.to(accumulator)
         if self.chunks and self.chunks < values.shape[0]:
-            values = torch.stack([part.sum(0) for part in torch.tensor_split(values, self.chunks)])
-        return ordered_sum(values, self.order, generator=self.generator)
+            values = torch.stack([_fixed(part) for part in torch.tensor_split(values, self.chunks)])
+        return ordered_sum(values, self.order, generator=self.generator).to(dtype)
 
     def sum_many(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Sum several ``[n, ...]`` tensors of one dtype in one shared order (one permutation)."""

@@ -46,7 +46,7 @@ from .precision import LossScaler, Precision, dtype_name, hardware
 from .reduction import Reducer, per_example_contributions
 
 if TYPE_CHECKING:
-    from ..context import TrialContext
+    from ..execution.context import TrialContext
 
 __all__ = ["DivergenceGuard", "Kit", "Trainer", "cross_entropy", "param_hash", "squared_error"]
 
@@ -237,7 +237,7 @@ class Lockstep:
         self.twin = None
         self.first_diff_step = -1
         if order:
-            reducer = Reducer(str(order), seed=kit.ctx.trial.seeds.get("reduction"), chunks=kit.reducer.chunks)
+            reducer = kit.reducer.like(str(order))
             self.twin = Trainer(kit, build(), loss_fn, reducer=reducer, **options)
             kit.ctx.record("reference_order", str(order))
 
@@ -279,7 +279,7 @@ class Kit:
     def __init__(self, ctx: "TrialContext"):
         self.ctx = ctx
         self.precision = Precision.from_context(ctx)
-        self.reducer = Reducer.from_context(ctx)
+        self.reducer = Reducer.from_context(ctx, self.precision.param_dtype)
         self.guard = DivergenceGuard(float(ctx.get("blowup", 1e6)))
         findings = audit_config(ctx.config)
         ctx.record("audit", [f.to_dict() for f in findings])
@@ -339,7 +339,7 @@ class Kit:
         ctx.record("grad_dtypes", sorted({dtype_name(p.grad.dtype) for p in model.parameters() if p.grad is not None}))
         ctx.record("optimizer_state_dtypes", optimizer.state_dtypes())
         ctx.record("optimizer_hyperparameters_stored", optimizer.hyperparameters())
-        ctx.record("accumulator_dtype", "float64" if main.reducer.order == "fp64" else (sorted({dtype_name(p.grad.dtype) for p in model.parameters() if p.grad is not None}) or [dtype_name(self.precision.param_dtype)])[0])
+        main.reducer.record(ctx)  # what accumulated: the reducer decides the path and the dtype
         ctx.record("output_dtype", dtype_name(main.output_dtype) if main.output_dtype is not None else None)
         ctx.record("loss_scale_final", main.scaler.scale)
         ctx.record("loss_scale_skipped_steps", main.scaler.skipped)
