@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator import Factor, Study, Variant, make_plan  # noqa: E402
-from orchestrator.environment import fingerprint  # noqa: E402
-from orchestrator.worker import execute_trial  # noqa: E402
+from orchestrator.records.environment import fingerprint  # noqa: E402
+from orchestrator.execution.worker import execute_trial  # noqa: E402
 
 SCENARIOS = {"200x0.2": (200, 0.2, 0), "1000x0.05": (1000, 0.05, 100)}
 TARGETS = {"200x0.2": "orchestrator >= 0.9 of ideal and within 1.1x of raw Ray", "1000x0.05": "orchestrator >= 0.7 of ideal"}
@@ -93,7 +93,7 @@ def main() -> None:
     ray.get([ray.remote(lambda: None).remote() for _ in range(args.cores * 2)])  # warm the worker pool
     store = tempfile.mkdtemp(prefix="bench_mlflow_")
     uri = f"sqlite:///{store}/mlflow.db"
-    from orchestrator.tracking import open_store
+    from orchestrator.records import open_store
 
     open_store(uri)  # create the store's tables once (a one-off ~1.5 s), outside the timings
     rows = []

@@ -1,6 +1,6 @@
 """Check the GPU-only paths of the numerics kit on the GPU at hand, in under 3 minutes.
 
-Runs the built-in workloads through ``orchestrator.worker.execute_trial`` on ``cuda:0`` (or
+Runs the built-in workloads through ``orchestrator.execution.worker.execute_trial`` on ``cuda:0`` (or
 the CPU when there is no GPU, skipping the GPU-only parts with a line that says so) and
 prints a compact summary:
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from orchestrator.numerics import PRECISION_LEVELS  # noqa: E402
-from orchestrator.trial import Trial  # noqa: E402
-from orchestrator.worker import execute_trial  # noqa: E402
+from orchestrator.design.trial import Trial  # noqa: E402
+from orchestrator.execution.worker import execute_trial  # noqa: E402
 
 SEEDS = {"init": 1, "data": 2, "reduction": 3}
 

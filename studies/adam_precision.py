@@ -30,7 +30,7 @@ study = Study(
 
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
-    from orchestrator.findings import fmt, group_stats, share_sentence
+    from orchestrator.operations.findings import fmt, group_stats, share_sentence
 
     out = []
     stats = group_stats(df, ["precision", "beta2", "eps"], "test_accuracy")
@@ -59,4 +59,6 @@ def findings(df, analysis):
 
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

@@ -26,7 +26,7 @@ study = Study(
 
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
-    from orchestrator.findings import finished, fmt, group_stats, share_sentence
+    from orchestrator.operations.findings import finished, fmt, group_stats, share_sentence
 
     out = []
     for _, row in group_stats(df, ["model", "optimizer", "lr"], "test_accuracy").iterrows():
@@ -52,4 +52,6 @@ def findings(df, analysis):
 
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

@@ -38,7 +38,7 @@ study = Study(
 
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
-    from orchestrator.findings import finished
+    from orchestrator.operations.findings import finished
 
     out = []
     ok = finished(df)
@@ -52,4 +52,6 @@ def findings(df, analysis):
 
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

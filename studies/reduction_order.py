@@ -41,9 +41,9 @@ study = Study(
 
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
-    from orchestrator.findings import fmt, group_stats, share_sentence
+    from orchestrator.operations.findings import fmt, group_stats, share_sentence
 
-    from orchestrator.findings import share
+    from orchestrator.operations.findings import share
 
     out = [share_sentence(analysis, k=5)]
     numerics = sum(share(analysis, name) or 0.0 for name in ("reduction_order", "seed_reduction", "precision"))
@@ -63,4 +63,6 @@ def findings(df, analysis):
 
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

@@ -32,7 +32,7 @@ study = Study(
 
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
-    from orchestrator.findings import finished, fmt, share_sentence
+    from orchestrator.operations.findings import finished, fmt, share_sentence
 
     ok = finished(df)
     effects = []
@@ -62,4 +62,6 @@ def findings(df, analysis):
 
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

@@ -27,4 +27,6 @@ study = Study(
 )
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

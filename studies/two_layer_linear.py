@@ -52,7 +52,7 @@ def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
     import math
 
-    from orchestrator.findings import finished, fmt, group_stats, share_sentence
+    from orchestrator.operations.findings import finished, fmt, group_stats, share_sentence
 
     out = []
     by_opt = group_stats(df, ["optimizer"], "final_loss").set_index("optimizer")
@@ -103,4 +103,6 @@ def findings(df, analysis):
 
 
 if __name__ == "__main__":
-    study.main()
+    from orchestrator.cli import study_script_main
+
+    study_script_main(study)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from click.testing import CliRunner
 
-from orchestrator.cli_analysis import analyze, report
+from orchestrator.cli.analysis import analyze, report
 
 DATA = Path(__file__).parent / "data" / "analysis"
 WARP = str(DATA / "warpbreaks.csv")

@@ -124,7 +124,7 @@ print(json.dumps({"status": str(status.value), "logs": client.get_job_logs(job)}
 
 def test_study_submitted_as_a_ray_job_records_its_runs(ray_head, tmp_path):
     from orchestrator import load_study
-    from orchestrator.tracking import load_results
+    from orchestrator.records import load_results
 
     uri = f"sqlite:///{tmp_path / 'records' / 'mlflow.db'}"  # absolute: the job's cwd is its uploaded working dir
     entrypoint = (

@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import pytest
 
-from orchestrator.compare import compare_executions, environment_differences, holm
+from orchestrator.operations.compare import compare_executions, environment_differences, holm
 
 
 def test_holm_matches_hand_computed_values():

@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import tracking
+from orchestrator import records as tracking
 from orchestrator.cli import main
 from orchestrator.execution import run_study
-from orchestrator.loader import load_study
+from orchestrator.definition.loader import load_study
 
 STUDY = '''
 from orchestrator import Factor, Study, Variant

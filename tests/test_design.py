@@ -7,14 +7,14 @@ import itertools
 import pytest
 
 from orchestrator import Factor, Fractional, FullFactorial, PlackettBurman, Study, Variant, make_plan
-from orchestrator.design import (
+from orchestrator.definition.designs import (
     STANDARD_GENERATORS,
-    alias_table,
     defining_relation,
     fractional_matrix,
     parse_generators,
     plackett_burman_matrix,
 )
+from orchestrator.design.plan import alias_table
 
 VARIANTS = {"smoke": Variant(), "full": Variant()}
 

@@ -18,7 +18,7 @@ from orchestrator import load_study
 from orchestrator.cli import main
 from orchestrator.errors import OrchestratorError
 from orchestrator.execution import run_study
-from orchestrator.tracking import TrackingStoreError, list_executions, load_curves, load_results, open_store
+from orchestrator.records import TrackingStoreError, list_executions, load_curves, load_results, open_store
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -214,8 +214,8 @@ def test_bad_study_and_options_are_one_line_errors(write_study, tracking_uri):
 
 def test_resources_that_the_embedded_ray_cannot_hold_are_refused(tmp_path, tracking_uri):
     from orchestrator import Study, Variant
-    from orchestrator.ray_backend import slots_for
-    from orchestrator.trial import Resources
+    from orchestrator.execution.ray_backend import slots_for
+    from orchestrator.definition import Resources
 
     assert slots_for(Resources(cpus=1, gpus=0.25), {"CPU": 8, "GPU": 1}) == 4, "fractional GPUs share one GPU"
     assert slots_for(Resources(cpus=2), {"CPU": 2}) == 1

@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator import load_study, make_plan
 from orchestrator.execution import run_study
-from orchestrator.tracking import open_store
+from orchestrator.records import open_store
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.context import TrialContext
+from orchestrator.execution.context import TrialContext
 from orchestrator.numerics import MODELS, OPTIMIZERS, PRECISION_LEVELS, REDUCTION_ORDERS, audit_config, check_levels
 from orchestrator.numerics.audit import round_to_dtype
 from orchestrator.numerics.reduction import ordered_sum
-from orchestrator.trial import Trial, TrialState
-from orchestrator.worker import execute_trial
+from orchestrator.design.trial import Trial, TrialState
+from orchestrator.execution.worker import execute_trial
 
 SEEDS = {"init": 11, "data": 22, "reduction": 33}
 
@@ -114,8 +114,8 @@ def test_every_reduction_order_sums_and_unknown_is_named():
 
 _CHILD = """
 import json, sys
-from orchestrator.trial import Trial
-from orchestrator.worker import execute_trial
+from orchestrator.design.trial import Trial
+from orchestrator.execution.worker import execute_trial
 t = Trial.from_dict(json.loads(sys.argv[1]))
 r = execute_trial(t)
 print(json.dumps({"hash": r.info.get("param_hash"), "state": r.state.value, "error": r.error}))

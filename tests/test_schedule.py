@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.schedule import ScheduleError, check_cron
+from orchestrator.operations.schedule import ScheduleError, check_cron
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).parent / "data" / "kuberay-crds"

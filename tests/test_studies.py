@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from orchestrator import make_plan
 from orchestrator.cli import main
 from orchestrator.execution import run_study
-from orchestrator.loader import load_study
+from orchestrator.definition.loader import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.stem for p in (ROOT / "studies").glob("*.py"))

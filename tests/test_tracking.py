@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import load_study
-from orchestrator.environment import code_version, fingerprint, summary
+from orchestrator.records.environment import code_version, fingerprint, summary
 from orchestrator.execution import run_study
-from orchestrator.tracking import (
+from orchestrator.records import (
     TrackingError,
     list_executions,
     load_results,
@@ -59,7 +59,7 @@ def test_log_artifacts_to_the_parent_run_and_clear_errors(write_study, tracking_
     assert run_id == first.parent_run_id
     client = open_store(tracking_uri, check=False).client
     assert [a.path for a in client.list_artifacts(run_id, "analysis")] == ["analysis/report.md"]
-    with pytest.raises(TrackingError, match=r"execution '20990101T000000-zzzz' of study 'artifacts_demo' not found; expected one of: "):
+    with pytest.raises(TrackingError, match=r"execution '20990101T000000-zzzz' of study 'artifacts_demo' \(variant smoke\) not found; expected one of: "):
         load_results(study, tracking_uri=tracking_uri, execution="20990101T000000-zzzz")
     with pytest.raises(TrackingError, match=r"has no executions of variant 'full'.*--variant full"):
         load_results(load_study(path, "full"), tracking_uri=tracking_uri)

@@ -18,7 +18,7 @@ import pytest
 from conftest import free_port
 from orchestrator import load_study
 from orchestrator.execution import run_study
-from orchestrator.tracking import load_results
+from orchestrator.records import load_results
 
 
 def call(base: str, path: str, body: dict | None = None) -> dict:

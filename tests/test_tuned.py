@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator import Factor, Study, TrialState, Variant, make_plan
-from orchestrator.worker import execute_trial
+from orchestrator.execution.worker import execute_trial
 
 
 def trials(**params):

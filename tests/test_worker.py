@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import Factor, Study, TrialState, Variant, make_plan
-from orchestrator.worker import execute_trial
+from orchestrator.execution.worker import execute_trial
 
 
 def plan(**params):
@@ -59,7 +59,7 @@ def test_an_unimportable_workload_fails_the_trial_not_the_study(tmp_path):
 
 def test_unknown_seed_stream_is_named():
     trial = plan().trials[0]
-    from orchestrator.context import TrialContext
+    from orchestrator.execution.context import TrialContext
 
     with pytest.raises(KeyError, match=r"seed stream 'dropout', but the study declares only: data, init, reduction"):
         TrialContext(trial).seed("dropout")

@@ -6,9 +6,7 @@ Exit status: 0 success, 1 the work ran but something failed (failed trials, drif
 
 from __future__ import annotations
 
-import csv
 import importlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -16,26 +14,27 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import click
 
-from .errors import OrchestratorError
+from ..errors import OrchestratorError
+from .options import load, variant_option
 
 if TYPE_CHECKING:
-    from .design import Plan
-    from .study import Study
+    from ..definition.study import Study
+    from ..design.plan import Plan
 
 __all__ = ["main", "study_script_main"]
 
 # name -> "module:attribute" of a click.Command; imported only when used.
 COMMANDS: dict[str, str] = {
     "plan": "orchestrator.cli:plan_command",
-    "run": "orchestrator.cli_run:run",
-    "status": "orchestrator.cli_run:status",
-    "ui": "orchestrator.cli_run:ui",
-    "executions": "orchestrator.cli_run:executions",
-    "analyze": "orchestrator.cli_analysis:analyze",
-    "report": "orchestrator.cli_analysis:report",
-    "writeup": "orchestrator.cli_analysis:writeup",
-    "schedule": "orchestrator.cli_schedule:schedule",
-    "compare": "orchestrator.cli_schedule:compare",
+    "run": "orchestrator.cli.run:run",
+    "status": "orchestrator.cli.run:status",
+    "ui": "orchestrator.cli.run:ui",
+    "executions": "orchestrator.cli.run:executions",
+    "analyze": "orchestrator.cli.analysis:analyze",
+    "report": "orchestrator.cli.analysis:report",
+    "writeup": "orchestrator.cli.analysis:writeup",
+    "schedule": "orchestrator.cli.schedule:schedule",
+    "compare": "orchestrator.cli.schedule:compare",
 }
 
 
@@ -81,23 +80,13 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.meta["orchestrator.debug"] = debug
 
 
-def load(study_ref: str, variant: str | None) -> "Study":
-    """Load a study file for a command (errors become exit status 2)."""
-    from .loader import load_study
-
-    return load_study(study_ref, variant)
-
-
-variant_option = click.option("--variant", "-v", default=None, help="Variant of the study (default: full).")
-
-
 @click.command("plan")
 @click.argument("study")
 @variant_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def plan_command(study: str, variant: str | None, fmt: str) -> None:
     """Print the design of STUDY (a file or a name in studies/): one row per trial."""
-    from .design import make_plan
+    from ..design.plan import make_plan, plan_csv
 
     plan = make_plan(load(study, variant))
     if fmt == "json":
@@ -108,35 +97,11 @@ def plan_command(study: str, variant: str | None, fmt: str) -> None:
         print_plan(plan)
 
 
-def plan_rows(plan: "Plan") -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the design table (one row per trial, in run order)."""
-    factors = plan.study.factor_names
-    streams = list(plan.study.seed_streams)
-    header = ["order", "trial_id", "cell_id", "replicate", *factors, *(f"seed_{s}" for s in streams)]
-    if plan.study.block_by:
-        header.insert(1, "block")
-    rows = []
-    for t in plan.trials:
-        row = [t.order, t.trial_id, t.cell_id, t.replicate, *(t.levels.get(f, "") for f in factors), *(t.seeds[s] for s in streams)]
-        if plan.study.block_by:
-            row.insert(1, t.block)
-        rows.append(row)
-    return header, rows
-
-
-def plan_csv(plan: "Plan") -> str:
-    """The design table as CSV (also logged as the parent run's design artifact)."""
-    header, rows = plan_rows(plan)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def print_plan(plan: "Plan") -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from ..design.plan import plan_rows
 
     header, rows = plan_rows(plan)
     needed = sum(max(len(_short(v)) for v in [h, *(r[i] for r in rows)]) + 3 for i, h in enumerate(header)) + 4

@@ -1,6 +1,6 @@
 """``orchestrator analyze`` and ``orchestrator report``: the analysis on the command line.
 
-Registered lazily by ``orchestrator/cli.py``; nothing heavy is imported until a command runs.
+Registered lazily by :mod:`orchestrator.cli`; nothing heavy is imported until a command runs.
 Usage errors (unknown column, bad option) exit with status 2 and a one-line message.
 """
 
@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .options import address_option, tracking_uri_option, variant_option
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -22,55 +24,6 @@ __all__ = ["analyze", "report", "writeup"]
 
 def _names(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def study_inputs(loaded: Any, metric: str | None = None, tracking_uri: str | None = None,
-                 execution: str | None = None) -> tuple["pd.DataFrame", dict[str, Any]]:
-    """A study's trials from MLflow, with the analysis choices its definition implies.
-
-    Fixed factors are the study's factors (those declared ``random=True`` are random);
-    crossed seed streams (``seed_streams={"init": 3}``) are random factors ``seed_<stream>``;
-    the study's ``analysis`` mapping gives the defaults for metric, log, spread_by and
-    interactions. Learning curves come along for the report.
-    """
-    from orchestrator import tracking
-
-    df, meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=execution)
-    fixed = [f.name for f in loaded.factors if not getattr(f, "random", False)]
-    random = [f.name for f in loaded.factors if getattr(f, "random", False)]
-    # Seed streams with k crossed seeds are separable random factors; "replicate" streams are residual.
-    for name, policy in (getattr(loaded, "seed_streams", None) or {}).items():
-        if isinstance(policy, int) and not isinstance(policy, bool) and f"seed_{name}" in df.columns:
-            random.append(f"seed_{name}")
-    notes: list[str] = []
-    for factor in loaded.factors:
-        parent = factor.nested_in
-        if not parent or factor.name not in fixed or parent not in fixed or df.empty or factor.name not in df.columns:
-            continue
-        if int(df.groupby(parent)[factor.name].nunique().max()) <= 1:
-            fixed.remove(factor.name)
-            notes.append(f"{factor.name} is nested in {parent} with one level per {parent}: its effect is part of "
-                         f"{parent}'s and is not estimated separately.")
-        else:
-            combined = f"{parent}/{factor.name}"
-            df[combined] = df[parent].astype(str) + "/" + df[factor.name].astype(str)
-            fixed = [combined if name == parent else name for name in fixed if name != factor.name]
-            notes.append(f"{factor.name} is nested in {parent} (its levels differ per {parent}): the two are analysed "
-                         f"as one factor {combined}, whose share is that of {parent} and {factor.name} together.")
-    aliases = None
-    try:
-        from orchestrator.design import make_plan
-
-        rows = make_plan(loaded).aliases
-        if rows:
-            aliases = {r.effect: list(r.aliases) for r in rows}
-    except Exception:  # aliases are an aid; a design that cannot be re-planned is analysed without them
-        aliases = None
-    defaults = dict(getattr(loaded, "analysis", None) or {})
-    curves = tracking.load_curves(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=meta.get("execution_id"))
-    choice = {"response": metric or defaults.get("metric") or loaded.primary_metric.name, "fixed": fixed, "random": random,
-              "aliases": aliases, "study": loaded, "curves": curves, "meta": meta, "defaults": defaults, "notes": notes}
-    return df, choice
 
 
 def _prepare(study: str | None, csv: str | None, variant: str | None, metric: str | None, response: str | None,
@@ -90,7 +43,8 @@ def _prepare(study: str | None, csv: str | None, variant: str | None, metric: st
             raise click.BadParameter(f"cannot read {csv}: {exc}", param_hint="--csv") from None
         return df, {"response": response, "fixed": _names(fixed), "random": _names(random), "aliases": None,
                     "study": None, "curves": None}
-    from orchestrator.loader import load_study
+    from orchestrator.definition.loader import load_study
+    from orchestrator.operations.inputs import study_inputs
 
     df, choice = study_inputs(load_study(study, variant), metric or response, tracking_uri)
     if fixed is not None:
@@ -121,7 +75,7 @@ def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int | None, l
 def _common(fn):
     options = [
         click.argument("study", required=False),
-        click.option("--variant", "-v", default=None, help="Variant of the study (default: full)."),
+        variant_option,
         click.option("--metric", "-m", default=None, help="Metric to analyse (default: the study's primary metric)."),
         click.option("--csv", "csv", type=click.Path(dir_okay=False), default=None,
                      help="Analyse a CSV of results instead of a study."),
@@ -135,7 +89,7 @@ def _common(fn):
                      help="Bootstrap replicates for the intervals (0: none)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--spread-by", default=None, help="Fixed factor within whose levels to estimate components."),
-        click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
+        tracking_uri_option,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -200,9 +154,7 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
     folder = Path(out) if out else Path("reports") / name
     paths = write_report(result, folder, curves=choice.get("curves"), title=f"{name}: {choice['response']}")
     if choice["study"] is not None:
-        from orchestrator import tracking
-
-        tracking.log_artifacts(choice["study"], folder, tracking_uri=tracking_uri, artifact_path="analysis")
+        choice["records"].log_artifacts(folder, artifact_path="analysis")
         click.echo("logged to the study's parent MLflow run under artifacts/analysis")
     for key, path in paths.items():
         click.echo(f"{key}: {path}")
@@ -210,16 +162,16 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
 
 @click.command("writeup")
 @click.argument("study")
-@click.option("--variant", "-v", default=None, help="Variant to run (default: full).")
+@variant_option
 @click.option("--out", "out", type=click.Path(file_okay=False), default="docs/studies", show_default=True)
 @click.option("--no-run", is_flag=True, help="Use the latest execution instead of running the study again.")
-@click.option("--address", default=None, help="Ray address (default: an embedded local Ray).")
-@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI.")
+@address_option
+@tracking_uri_option
 @click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True)
 def writeup(study: str, variant: str | None, out: str, no_run: bool, address: str | None, tracking_uri: str | None, bootstrap: int) -> None:
     """Run STUDY, analyse it and write its page docs/studies/<name>.md (numbers from the run)."""
-    from orchestrator.loader import load_study
-    from orchestrator.writeup import write_page
+    from orchestrator.definition.loader import load_study
+    from orchestrator.operations.writeup import write_page
 
     loaded = load_study(study, variant)
     page = write_page(loaded, out, run=not no_run, tracking_uri=tracking_uri, address=address, bootstrap=bootstrap)

@@ -10,24 +10,21 @@ import json
 import os
 import subprocess
 import sys
+
 import click
 
-from .cli import load, variant_option
+from .options import address_option, load, tracking_uri_option, variant_option
 
 __all__ = ["executions", "run", "status", "ui"]
 
-tracking_option = click.option(
-    "--tracking-uri",
-    default=None,
-    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db with artifacts in mlflow/artifacts).",
-)
+tracking_option = tracking_uri_option
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 
 
 @click.command("run")
 @click.argument("study")
 @variant_option
-@click.option("--address", default=None, help="Ray cluster to join: 'auto', host:port or ray://host:port (default: $RAY_ADDRESS, else an embedded Ray).")
+@address_option
 @tracking_option
 @click.option("--max-concurrent", type=int, default=None, help="At most this many trials at once (default: what the cluster holds).")
 @click.option("--retries", type=int, default=None, help="Retries of a trial that raises (default: the study's retries).")
@@ -38,7 +35,7 @@ format_option = click.option("--format", "fmt", type=click.Choice(["table", "jso
 def run(study: str, variant: str | None, address: str | None, tracking_uri: str | None, max_concurrent: int | None,
         retries: int | None, mode: str, in_process: bool, progress: bool | None) -> None:
     """Execute every trial of STUDY that has no FINISHED run yet, on Ray, recorded in MLflow."""
-    from .execution import run_study
+    from ..execution.runner import run_study
 
     loaded = load(study, variant)
     summary = run_study(loaded, address=address, tracking_uri=tracking_uri, max_concurrent=max_concurrent, retries=retries,
@@ -61,7 +58,7 @@ def run(study: str, variant: str | None, address: str | None, tracking_uri: str 
 @format_option
 def status(study: str, variant: str | None, tracking_uri: str | None, fmt: str) -> None:
     """Per cell of STUDY's current design: finished / failed / killed / running / missing trials."""
-    from .tracking import study_status
+    from ..records.reader import study_status
 
     report = study_status(load(study, variant), tracking_uri=tracking_uri)
     if fmt == "json":
@@ -86,7 +83,7 @@ def status(study: str, variant: str | None, tracking_uri: str | None, fmt: str) 
 @format_option
 def executions(study: str, tracking_uri: str | None, fmt: str) -> None:
     """List the executions (parent runs) of STUDY, oldest first."""
-    from .tracking import list_executions
+    from ..records.reader import list_executions
 
     items = list_executions(load(study, None), tracking_uri=tracking_uri)
     if fmt == "json":
@@ -110,7 +107,7 @@ def executions(study: str, tracking_uri: str | None, fmt: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the command and URL, start nothing.")
 def ui(study: str | None, tracking_uri: str | None, port: int, dry_run: bool) -> None:
     """Start the MLflow UI on the study store, bound to 127.0.0.1, and print its URL."""
-    from .tracking import open_store
+    from ..records.store import open_store
 
     store = open_store(tracking_uri, check=not dry_run)
     url = f"http://127.0.0.1:{port}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import load, variant_option
+from .options import load, tracking_uri_option, variant_option
 
 __all__ = ["compare", "schedule"]
 
@@ -19,7 +19,7 @@ __all__ = ["compare", "schedule"]
 @click.option("--format", "fmt", type=click.Choice(["raycronjob", "rayjob", "crontab"]), default="raycronjob", show_default=True)
 @click.option("--image", default=None, help="Container image with this project installed (raycronjob, rayjob).")
 @click.option("--mode", type=click.Choice(["rerun", "resume"]), default="rerun", show_default=True, help="rerun: all trials, then compare with the previous execution; resume: only missing or failed trials.")
-@click.option("--tracking-uri", default=None, help="MLflow store the scheduled runs record to (default: $MLFLOW_TRACKING_URI).")
+@tracking_uri_option
 @click.option("--time-zone", default=None, help="Time zone of the cron expression, e.g. Europe/Berlin.")
 @click.option("--address", default="http://127.0.0.1:8265", show_default=True, help="Ray dashboard address for crontab's ray job submit.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to this file instead of standard output.")
@@ -30,7 +30,7 @@ def schedule(study: str, cron: str, variant: str | None, fmt: str, image: str | 
     CronJob wrapper for clusters without RayCronJob; crontab: a crontab line around
     `ray job submit` for clusters started with `ray up cluster.yaml`.
     """
-    from .schedule import DEFAULT_IMAGE, ScheduleError, ScheduleSpec, check_cron, render
+    from ..operations.schedule import DEFAULT_IMAGE, ScheduleError, ScheduleSpec, check_cron, render
 
     loaded = load(study, variant)
     cron = check_cron(cron)
@@ -76,7 +76,7 @@ def schedule(study: str, cron: str, variant: str | None, fmt: str, image: str | 
 @click.option("--metric", "metrics", multiple=True, help="Response metric(s) to compare (default: the study's metrics).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Family-wise error rate across cells (Holm).")
 @click.option("--margin", type=float, default=0.0, show_default=True, help="Equivalence margin: mean changes smaller than this are not drift.")
-@click.option("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or mlflow/ here).")
+@tracking_uri_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for drift.md and drift.html (default: a temporary folder).")
 def compare(study: str, baseline: str, candidate: str, variant: str | None, metrics: tuple[str, ...], alpha: float, margin: float, tracking_uri: str | None, fmt: str, out: str | None) -> None:
@@ -85,63 +85,26 @@ def compare(study: str, baseline: str, candidate: str, variant: str | None, metr
     The drift report (Markdown and HTML) is logged to the candidate's parent MLflow run.
     """
     import json
-    import tempfile
 
-    from . import tracking
-    from .compare import compare_executions
-    from .errors import OrchestratorError, did_you_mean
+    from ..errors import OrchestratorError
+    from ..operations.compare import compare_recorded
 
     loaded = load(study, variant)
-    executions = tracking.list_executions(loaded, tracking_uri=tracking_uri)
-    ids = [e["execution_id"] for e in executions if e.get("variant") == str(loaded.variant)]  # this variant, oldest first
-
-    def resolve(ref: str, relative_to: str | None) -> str:
-        if ref == "latest" and ids:
-            return ids[-1]
-        if ref == "previous" and relative_to in ids and ids.index(relative_to) > 0:
-            return ids[ids.index(relative_to) - 1]
-        if ref in ids:
-            return ref
-        matches = [i for i in ids if i.startswith(ref)] if len(ref) >= 4 else []
-        if len(matches) == 1:
-            return matches[0]
-        found = ", ".join(ids) or "none"
-        raise OrchestratorError(
-            f"execution {ref!r} of study {loaded.name!r} (variant {loaded.variant}) not found: expected an execution id, 'latest' or 'previous' "
-            f"(needs an execution before the candidate). Executions, oldest first: {found}. {did_you_mean(ref, ids) if ids else ''}".rstrip()
-        )
-
-    candidate_id = resolve(candidate, None)
-    baseline_id = resolve(baseline, candidate_id)
-    if baseline_id == candidate_id:
-        raise OrchestratorError(f"--baseline and --candidate are the same execution ({baseline_id}); compare two different executions")
-    unknown = [m for m in metrics if m not in {x.name for x in loaded.metrics} and m != "diverged"]
-    if unknown:
-        names = [x.name for x in loaded.metrics]
-        raise OrchestratorError(f"--metric {unknown[0]!r} is not a metric of study {loaded.name!r}. {did_you_mean(unknown[0], names)}")
-    base, base_meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=baseline_id)
-    cand, cand_meta = tracking.load_results(loaded, variant=loaded.variant, tracking_uri=tracking_uri, execution=candidate_id)
     try:
-        report = compare_executions(
-            base, cand, study=loaded.name, factors=loaded.factor_names, metrics=list(metrics) or [m.name for m in loaded.metrics],
-            baseline_id=baseline_id, candidate_id=candidate_id, alpha=alpha, margin=margin,
-            environment=(base_meta.get("environment") or {}, cand_meta.get("environment") or {}),
+        report, folder = compare_recorded(
+            loaded, baseline, candidate, metrics=metrics, alpha=alpha, margin=margin, tracking_uri=tracking_uri, out=out
         )
+    except OrchestratorError:
+        raise
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="drift-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "drift.md").write_text(report.to_markdown())
-    (folder / "drift.html").write_text(report.to_html())
-    (folder / "drift.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    tracking.log_artifacts(loaded, folder, execution=candidate_id, tracking_uri=tracking_uri, artifact_path="drift")
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     elif fmt == "markdown":
         click.echo(report.to_markdown(), nl=False)
     else:
         changed = sorted({c.cell_id for c in report.changed_cells})
-        click.echo(f"{loaded.name}: baseline {baseline_id} vs candidate {candidate_id}: " + (f"DRIFT in {len(changed)} cell(s)" if changed else "no drift"))
+        click.echo(f"{loaded.name}: baseline {report.baseline} vs candidate {report.candidate}: " + (f"DRIFT in {len(changed)} cell(s)" if changed else "no drift"))
         for cell in report.changed_cells:
             click.echo(f"  {cell.cell_id} {cell.levels} {cell.metric}: {'; '.join(cell.reasons)}")
         for key, (a, b) in report.environment.items():

@@ -11,8 +11,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import StudyError, StudyLoadError, did_you_mean
-from .study import Study
+from ..errors import StudyError, StudyLoadError, did_you_mean
+from ..definition.study import Study
 
 __all__ = ["find_study_file", "load_study", "STUDIES_DIR"]
 

@@ -23,11 +23,15 @@ from __future__ import annotations
 import enum
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
-from .errors import Problem, StudyError, did_you_mean
-from .ids import canonical_json, content_hash
-from .trial import Resources
+from dataclasses import dataclass, field
+
+from ..errors import Problem, StudyError, did_you_mean
+from ..ids import canonical_json, content_hash
+from ..numerics.levels import LEVELLED_WORKLOADS, LEVELS
+from .workloads import check_reference
+from .designs import Fractional, FullFactorial, PlackettBurman, _Spec, check_design
 
 __all__ = [
     "Factor",
@@ -36,6 +40,7 @@ __all__ = [
     "Goal",
     "Metric",
     "PlackettBurman",
+    "Resources",
     "Study",
     "Variant",
     "STANDARD_STREAMS",
@@ -58,6 +63,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks of the cluster. ``gpus`` may be a fraction below 1 to share a GPU."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_mb: int | None = None
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb, "custom": dict(self.custom)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Resources":
+        return cls(
+            cpus=float(data.get("cpus", 1.0)),
+            gpus=float(data.get("gpus", 0.0)),
+            memory_mb=data.get("memory_mb"),
+            custom=dict(data.get("custom") or {}),
+        )
+
+
+
 class Goal(str, enum.Enum):
     """Whether a response metric is better low or high."""
 
@@ -67,25 +95,6 @@ class Goal(str, enum.Enum):
     def better(self, a: float, b: float) -> bool:
         """Whether ``a`` is better than ``b`` under this goal."""
         return a < b if self is Goal.MINIMIZE else a > b
-
-
-class _Spec:
-    """Base of the small declaration objects: keeps unknown keyword arguments for the validator."""
-
-    _fields: tuple[str, ...] = ()
-
-    def _take_unknown(self, unknown: Mapping[str, Any]) -> None:
-        self.unknown = dict(unknown)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and all(getattr(self, f) == getattr(other, f) for f in self._fields)
-
-    def __hash__(self) -> int:
-        return hash(type(self).__name__)
 
 
 class Factor(_Spec):
@@ -188,55 +197,6 @@ class Variant(_Spec):
         self._take_unknown(unknown)
 
 
-class FullFactorial(_Spec):
-    """Every combination of every level (minus exclusions)."""
-
-    kind = "full"
-    _fields = ()
-
-    def __init__(self, **unknown: Any):
-        self._take_unknown(unknown)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind}
-
-
-class Fractional(_Spec):
-    """A two-level fractional factorial 2^(k-p), chosen by resolution, by run count, or by generators.
-
-    Factors are lettered A, B, C, ... (I is skipped) in declaration order. Generators name
-    the added factors as products of basic ones, e.g. ``["D=AB", "E=AC", "F=BC", "G=ABC"]``.
-    With ``resolution`` (or ``runs``), the standard minimum-aberration generators of
-    Montgomery, *Design and Analysis of Experiments*, Table 8.14 are used.
-    """
-
-    kind = "fractional"
-    _fields = ("resolution", "generators", "runs")
-
-    def __init__(self, resolution: int | None = None, generators: Sequence[str] | None = None, runs: int | None = None, **unknown: Any):
-        self.resolution = resolution
-        self.generators = list(generators) if generators is not None else None
-        self.runs = runs
-        self._take_unknown(unknown)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "resolution": self.resolution, "generators": self.generators, "runs": self.runs}
-
-
-class PlackettBurman(_Spec):
-    """A Plackett–Burman screening design for two-level factors (runs: a multiple of 4)."""
-
-    kind = "plackett_burman"
-    _fields = ("runs",)
-
-    def __init__(self, runs: int | None = None, **unknown: Any):
-        self.runs = runs
-        self._take_unknown(unknown)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "runs": self.runs}
-
-
 _STUDY_FIELDS = (
     "name",
     "description",
@@ -283,7 +243,7 @@ class Study:
         seed_scope: ``"shared"`` (default): replicate r of every cell gets the same seeds
             (common random numbers); ``"cell"``: seeds drawn independently per cell.
         metrics: response metrics, as :class:`Metric` objects or a mapping name -> goal.
-        resources: per-trial :class:`~orchestrator.trial.Resources` or a mapping.
+        resources: per-trial :class:`~orchestrator.design.trial.Resources` or a mapping.
         retries: how often a trial that raises is tried again.
         design: :class:`FullFactorial` (default), :class:`Fractional` or :class:`PlackettBurman`.
         exclude: constraints: each a mapping factor -> level (or list of levels); a cell
@@ -325,8 +285,6 @@ class Study:
         self.description = v["description"] or ""
         if not isinstance(self.description, str):
             problems.append(Problem("description", "a string", _describe(self.description)))
-
-        from .workloads import check_reference
 
         self.workload = v["workload"]
         if self.workload is None:
@@ -567,8 +525,6 @@ class Study:
                             "Use FullFactorial() or give this factor two levels.",
                         )
                     )
-            from .design import check_design
-
             if not any(p.field.startswith("factors") for p in problems):
                 problems.extend(check_design(raw, len(self.factors)))
         return raw
@@ -611,11 +567,9 @@ class Study:
 
     def _known_levels(self, problems: list[Problem]) -> None:
         """Levels of the numerics factors must be names the built-in workloads know."""
-        if self.workload not in ("two_layer_linear", "digits", "teacher_student", "tuned"):
+        if self.workload not in LEVELLED_WORKLOADS:
             return
-        from .numerics.audit import MODELS, OPTIMIZERS, PRECISION_LEVELS, REDUCTION_ORDERS
-
-        known = {"precision": PRECISION_LEVELS, "reduction_order": REDUCTION_ORDERS, "optimizer": OPTIMIZERS, "model": MODELS}
+        known = LEVELS
         for factor in self.factors:
             if factor.name in known:
                 for level in factor.all_levels:
@@ -720,7 +674,7 @@ class Study:
         name = name or "full"
         if name not in self.variants:
             raise StudyError(
-                [Problem("variant", f"one of the study's variants", repr(name), did_you_mean(name, self.variants))], study=self.name, source=self.source_file
+                [Problem("variant", "one of the study's variants", repr(name), did_you_mean(name, self.variants))], study=self.name, source=self.source_file
             )
         variant = self.variants[name]
         raw = dict(self._raw)
@@ -769,9 +723,3 @@ class Study:
     def definition_hash(self) -> str:
         """A content hash of the resolved definition (tags every MLflow run)."""
         return content_hash(self.to_dict())
-
-    def main(self, argv: Sequence[str] | None = None) -> None:
-        """Run the CLI for this study: ``python studies/x.py [run|plan|status|analyze|report] [options]``."""
-        from .cli import study_script_main
-
-        study_script_main(self, argv)

@@ -10,29 +10,9 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from ..definition.study import Resources
+
 __all__ = ["Resources", "Trial", "TrialResult", "TrialState"]
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one trial asks of the cluster. ``gpus`` may be a fraction below 1 to share a GPU."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
-    memory_mb: int | None = None
-    custom: Mapping[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb, "custom": dict(self.custom)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Resources":
-        return cls(
-            cpus=float(data.get("cpus", 1.0)),
-            gpus=float(data.get("gpus", 0.0)),
-            memory_mb=data.get("memory_mb"),
-            custom=dict(data.get("custom") or {}),
-        )
 
 
 class TrialState(str, enum.Enum):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from .errors import TrialDiverged
-from .trial import Trial
+from ..errors import TrialDiverged
+from ..design.trial import Trial
 
 __all__ = ["MetricSink", "TrialContext"]
 
@@ -102,7 +102,7 @@ class TrialContext:
         optimizers, divergence guard. Created once per context."""
         kit = self.__dict__.get("_numerics")
         if kit is None:
-            from .numerics import Kit
+            from ..numerics import Kit
 
             kit = self.__dict__["_numerics"] = Kit(self)
         return kit

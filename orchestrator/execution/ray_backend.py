@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import OrchestratorError
-from .trial import Resources
+from ..design.trial import Resources, Trial, TrialResult
+from ..errors import OrchestratorError
+from .executor import Executor, Outcome
 
-__all__ = ["RayAddressError", "RayConnection", "RayRunner", "connect", "slots_for"]
+__all__ = ["RayAddressError", "RayConnection", "RayExecutor", "RayRunner", "connect", "slots_for"]
 
 
 class RayAddressError(OrchestratorError):
@@ -131,9 +133,8 @@ def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: floa
     """The Ray task: run one trial attempt on the device Ray assigned; never raises for the trial."""
     import ray
 
-    from .environment import fingerprint
-    from .execution import BatchingSink
-    from .worker import execute_trial
+    from ..records.environment import fingerprint
+    from .worker import BatchingSink, execute_trial
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: cuda:0 is ours
     sink = BatchingSink(lambda trial_id, batch: relay.push.remote(trial_id, batch), interval_s=flush_s)
@@ -227,3 +228,69 @@ class RayRunner:
             self._ray.kill(self._relay)
         except Exception:  # noqa: BLE001
             pass
+
+
+class RayExecutor(Executor):
+    """One Ray task per trial attempt, with the study's resources (see :mod:`orchestrator.execution.ray_backend`)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, resources: Resources | None = None, flush_s: float = 1.0):
+        super().__init__()
+        self.connection = connect(address)
+        self.resources = resources or Resources()
+        self._check_feasible(cluster_resources())
+        self._runner = RayRunner(flush_s=flush_s)
+        self._refs: dict[Any, tuple[Trial, int]] = {}
+
+    def _check_feasible(self, available: Mapping[str, float]) -> None:
+        wanted = {"CPU": self.resources.cpus, "GPU": self.resources.gpus, **self.resources.custom}
+        missing = [f"{amount:g} {name} (cluster has {available.get(name, 0):g})" for name, amount in wanted.items() if amount > available.get(name, 0)]
+        if missing and not self.connection.address:
+            self.close()
+            raise OrchestratorError(
+                f"each trial asks for {', '.join(missing)}: expected the embedded Ray to have that much. "
+                "Lower the study's resources, or join a cluster that has them with --address."
+            )
+        if missing:
+            print(f"warning: each trial asks for {', '.join(missing)}; trials wait until the cluster scales up", file=sys.stderr)
+
+    def slots(self, resources: Resources) -> int:
+        return slots_for(resources)
+
+    def window(self, slots: int) -> int:
+        # enough queued beyond the free slots that Ray never waits on the driver
+        return slots * 4 + 8
+
+    def final_metrics(self) -> list[tuple[str, list]]:
+        return self._runner.final_metrics()
+
+    def _submit(self, trial: Trial, attempt: int) -> None:
+        ref = self._runner.submit(trial.to_dict(), attempt, self.resources)
+        self._refs[ref] = (trial, attempt)
+
+    def _poll(self, timeout: float) -> list[Outcome]:
+        out = []
+        for ref, payload, crash in self._runner.wait(list(self._refs), timeout):
+            trial, attempt = self._refs.pop(ref)
+            if payload is None:
+                out.append(Outcome(trial, attempt, None, crash=crash))
+                continue
+            result = TrialResult.from_dict(payload["result"])
+            out.append(Outcome(trial, attempt, result, payload["curve"], payload["started_ms"], payload["last_step"], environment=payload.get("environment")))
+        return out
+
+    def _live_metrics(self) -> list[tuple[str, list]]:
+        return self._runner.metrics()
+
+    def _cancel(self) -> list[tuple[Trial, int]]:
+        self._runner.cancel(list(self._refs))
+        cancelled = list(self._refs.values())
+        self._refs.clear()
+        return cancelled
+
+    def close(self) -> None:
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.close()
+        self.connection.close()

@@ -1,16 +1,12 @@
-"""Execute a study: resume logic, retries, progress, Ctrl-C, on Ray or in this process.
+"""Execute a study: resume, retries, progress, Ctrl-C, on Ray or in this process.
 
 :func:`run_study` is the one entry point (the CLI's ``run`` calls it). It checks the
-tracking store, opens an execution (one MLflow parent run), works out which trials still
-need a FINISHED run, and hands them to an :class:`Executor`:
-
-* :class:`RayExecutor` - one Ray task per trial attempt (see :mod:`orchestrator.ray_backend`);
-* :class:`InProcessExecutor` - the same worker code, serially, in this process, for
-  debugging with ``pdb`` (``--in-process``; submitit's ``DebugExecutor`` idea).
-
-Both share :meth:`Executor.run`, written once: a window of trials in flight, retries of
-trials that raise or whose worker died, live metric batches to the recorder, and a clean
-stop on Ctrl-C (in-flight trials are cancelled and recorded KILLED; a rerun resumes).
+tracking store, opens an execution (one MLflow parent run; the recorder works out which
+trials still need a FINISHED run in the lineage: resume), and hands them to an
+:class:`~orchestrator.execution.executor.Executor` (in-process or Ray), through its public
+methods only: a window of trials in flight, retries, live metric batches to the recorder,
+and a clean stop on Ctrl-C (in-flight trials are cancelled and recorded KILLED; a rerun
+resumes).
 
 Example:
     >>> from orchestrator import load_study
@@ -22,282 +18,23 @@ Example:
 
 from __future__ import annotations
 
-import abc
-import collections
-import enum
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .errors import OrchestratorError, did_you_mean
-from .trial import Resources, Trial, TrialResult, TrialState
+from ..design.trial import Resources, Trial, TrialResult, TrialState
+from ..errors import OrchestratorError
+from ..records.recorder import Mode
+from .executor import Executor, InProcessExecutor, Outcome
 
 if TYPE_CHECKING:
-    from .study import Study
-    from .tracking import ExecutionRecorder
+    from ..definition.study import Study
+    from ..records.recorder import ExecutionRecorder
 
-__all__ = [
-    "BatchingSink",
-    "ExecutionSummary",
-    "Executor",
-    "InProcessExecutor",
-    "Mode",
-    "RayExecutor",
-    "run_study",
-]
-
-Curve = list  # [(step, {metric: value}, timestamp_ms), ...]
-
-
-class Mode(str, enum.Enum):
-    """What an execution runs."""
-
-    RESUME = "resume"
-    """Only trials without a FINISHED run in the latest lineage (missing, failed, killed)."""
-    RERUN = "rerun"
-    """Every trial again, as a new lineage (scheduled reruns, drift detection)."""
-
-    @classmethod
-    def parse(cls, value: "Mode | str") -> "Mode":
-        try:
-            return cls(value)
-        except ValueError:
-            raise OrchestratorError(f"mode: expected 'resume' or 'rerun', found {value!r}. {did_you_mean(str(value), [m.value for m in cls])}") from None
-
-
-class BatchingSink:
-    """A worker-side metric sink: keeps per-step metrics and pushes a batch about every ``interval_s``.
-
-    A trial shorter than ``interval_s`` pushes nothing; its curve travels back with its
-    result (:meth:`remaining`), so short trials cost no extra messages.
-    """
-
-    def __init__(self, push: Callable[[str, list], None] | None, interval_s: float = 1.0):
-        self._push = push
-        self._interval = interval_s
-        self._buffer: list[tuple[int, dict[str, float], int]] = []
-        self._last = time.monotonic()
-        self.started_ms = int(time.time() * 1000)
-        self.last_step = -1
-
-    def __call__(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        self._buffer.append((int(step), dict(metrics), int(time.time() * 1000)))
-        self.last_step = max(self.last_step, int(step))
-        now = time.monotonic()
-        if self._push is not None and now - self._last >= self._interval:
-            batch, self._buffer = self._buffer, []
-            self._last = now
-            self._push(trial_id, batch)
-
-    def remaining(self) -> list[tuple[int, dict[str, float], int]]:
-        """What has not been pushed yet (sent back with the result)."""
-        batch, self._buffer = self._buffer, []
-        return batch
-
-
-@dataclass
-class Outcome:
-    """What came back for one trial attempt: a result (with its curve) or why the worker died."""
-
-    trial: Trial
-    attempt: int
-    result: TrialResult | None
-    curve: Curve = field(default_factory=list)
-    started_ms: int | None = None
-    last_step: int = -1
-    crash: str | None = None
-    environment: Mapping[str, Any] | None = None
-
-
-class Executor(abc.ABC):
-    """Runs trial attempts somewhere. Subclasses implement three small hooks; :meth:`run` is shared.
-
-    Hooks: :meth:`_submit` (start one attempt), :meth:`_poll` (outcomes that are ready) and
-    :meth:`_cancel` (stop everything in flight, return those trials).
-    """
-
-    name = "executor"
-
-    def __init__(self) -> None:
-        self.on_metrics: Callable[[Trial, list], None] = lambda trial, batch: None
-        self._in_flight: dict[str, tuple[Trial, int]] = {}
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
-    def slots(self, resources: Resources) -> int:
-        """How many trials run at once."""
-        return 1
-
-    @abc.abstractmethod
-    def _submit(self, trial: Trial, attempt: int) -> None: ...
-
-    @abc.abstractmethod
-    def _poll(self, timeout: float) -> list[Outcome]: ...
-
-    @abc.abstractmethod
-    def _cancel(self) -> list[tuple[Trial, int]]: ...
-
-    def _live_metrics(self) -> list[tuple[str, list]]:
-        return []
-
-    def close(self) -> None:
-        """Release what the executor holds (Ray is shut down only if it was started here)."""
-
-    def run(
-        self,
-        trials: Sequence[Trial],
-        *,
-        retries: int,
-        window: int,
-        on_done: Callable[[Outcome], None],
-        on_killed: Callable[[Trial, int], None],
-        stop: threading.Event,
-        tick: Callable[[int], None] = lambda running: None,
-    ) -> bool:
-        """Run ``trials`` (retrying failures up to ``retries`` times); returns True if stopped early.
-
-        A trial that raises is retried; a worker that died (killed, out of memory, node
-        lost) is retried at least once. Each trial reaches ``on_done`` exactly once with
-        its final outcome; trials cancelled by ``stop`` reach ``on_killed``.
-        """
-        pending = collections.deque(trials)
-        by_id = {t.trial_id: t for t in trials}
-        while pending or self._in_flight:
-            if stop.is_set():
-                break
-            while pending and len(self._in_flight) < window and not stop.is_set():
-                trial = pending.popleft()
-                self._in_flight[trial.trial_id] = (trial, 1)
-                self._submit(trial, 1)
-            for outcome in self._poll(0.25):
-                trial, attempt = outcome.trial, outcome.attempt
-                self._in_flight.pop(trial.trial_id, None)
-                cancelled = outcome.crash == "cancelled" or (outcome.result is None and stop.is_set())  # Ctrl-C may reach workers too
-                if cancelled or (outcome.result is not None and outcome.result.state is TrialState.KILLED):
-                    on_killed(trial, attempt)
-                    continue
-                failed = outcome.result is None or outcome.result.state is TrialState.FAILED
-                budget = max(retries, 1) if outcome.result is None else retries
-                if failed and attempt <= budget and not stop.is_set():
-                    self._in_flight[trial.trial_id] = (trial, attempt + 1)
-                    self._submit(trial, attempt + 1)
-                    continue
-                if outcome.result is None:
-                    outcome.result = TrialResult(
-                        trial_id=trial.trial_id,
-                        state=TrialState.FAILED,
-                        error=f"the worker running this trial died ({outcome.crash}) on attempt {attempt}; no result came back.",
-                        attempts=attempt,
-                    )
-                on_done(outcome)
-            for trial_id, batch in self._live_metrics():
-                if trial_id in by_id:
-                    self.on_metrics(by_id[trial_id], batch)
-            tick(len(self._in_flight))
-        if stop.is_set():
-            for trial, attempt in self._cancel():
-                on_killed(trial, attempt)
-            self._in_flight.clear()
-            return True
-        return False
-
-
-class InProcessExecutor(Executor):
-    """Runs each trial here, one at a time, with the same worker code (``pdb`` works)."""
-
-    name = "in-process"
-
-    def __init__(self, flush_s: float = 1.0):
-        super().__init__()
-        self._flush_s = flush_s
-        self._done: list[Outcome] = []
-        self._interrupted: tuple[Trial, int] | None = None
-
-    def _submit(self, trial: Trial, attempt: int) -> None:
-        from .environment import fingerprint
-        from .worker import execute_trial
-
-        sink = BatchingSink(lambda trial_id, batch: self.on_metrics(trial, batch), interval_s=self._flush_s)
-        try:
-            result = execute_trial(trial, sink=sink, device="cpu", attempt=attempt)
-        except KeyboardInterrupt:
-            result = TrialResult(trial_id=trial.trial_id, state=TrialState.KILLED, attempts=attempt)
-        self._done.append(Outcome(trial, attempt, result, sink.remaining(), sink.started_ms, sink.last_step, environment=fingerprint()))
-
-    def _poll(self, timeout: float) -> list[Outcome]:
-        done, self._done = self._done, []
-        return done
-
-    def _cancel(self) -> list[tuple[Trial, int]]:
-        return []
-
-
-class RayExecutor(Executor):
-    """One Ray task per trial attempt, with the study's resources (see :mod:`orchestrator.ray_backend`)."""
-
-    name = "ray"
-
-    def __init__(self, address: str | None = None, resources: Resources | None = None, flush_s: float = 1.0):
-        from . import ray_backend
-
-        super().__init__()
-        self.connection = ray_backend.connect(address)
-        self.resources = resources or Resources()
-        self._check_feasible(ray_backend.cluster_resources())
-        self._runner = ray_backend.RayRunner(flush_s=flush_s)
-        self._refs: dict[Any, tuple[Trial, int]] = {}
-
-    def _check_feasible(self, available: Mapping[str, float]) -> None:
-        wanted = {"CPU": self.resources.cpus, "GPU": self.resources.gpus, **self.resources.custom}
-        missing = [f"{amount:g} {name} (cluster has {available.get(name, 0):g})" for name, amount in wanted.items() if amount > available.get(name, 0)]
-        if missing and not self.connection.address:
-            self.close()
-            raise OrchestratorError(
-                f"each trial asks for {', '.join(missing)}: expected the embedded Ray to have that much. "
-                "Lower the study's resources, or join a cluster that has them with --address."
-            )
-        if missing:
-            print(f"warning: each trial asks for {', '.join(missing)}; trials wait until the cluster scales up", file=sys.stderr)
-
-    def slots(self, resources: Resources) -> int:
-        from .ray_backend import slots_for
-
-        return slots_for(resources)
-
-    def _submit(self, trial: Trial, attempt: int) -> None:
-        ref = self._runner.submit(trial.to_dict(), attempt, self.resources)
-        self._refs[ref] = (trial, attempt)
-
-    def _poll(self, timeout: float) -> list[Outcome]:
-        out = []
-        for ref, payload, crash in self._runner.wait(list(self._refs), timeout):
-            trial, attempt = self._refs.pop(ref)
-            if payload is None:
-                out.append(Outcome(trial, attempt, None, crash=crash))
-                continue
-            result = TrialResult.from_dict(payload["result"])
-            out.append(Outcome(trial, attempt, result, payload["curve"], payload["started_ms"], payload["last_step"], environment=payload.get("environment")))
-        return out
-
-    def _live_metrics(self) -> list[tuple[str, list]]:
-        return self._runner.metrics()
-
-    def _cancel(self) -> list[tuple[Trial, int]]:
-        self._runner.cancel(list(self._refs))
-        cancelled = list(self._refs.values())
-        self._refs.clear()
-        return cancelled
-
-    def close(self) -> None:
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.close()
-        self.connection.close()
+__all__ = ["ExecutionSummary", "Mode", "run_study"]
 
 
 @dataclass
@@ -432,7 +169,7 @@ class _RichProgress(_Progress):
 def _with_overrides(study: "Study", overrides: Mapping[str, Any] | None) -> "Study":
     if not overrides:
         return study
-    from .study import Study
+    from ..definition.study import Study
 
     raw = dict(study._raw)
     raw["params"] = {**(raw.get("params") or {}), **dict(overrides)}
@@ -477,8 +214,9 @@ def run_study(
         >>> summary.exit_code                                             # doctest: +SKIP
         0
     """
-    from .design import make_plan
-    from .tracking import ExecutionRecorder, open_store
+    from ..design.plan import make_plan
+    from ..records.recorder import ExecutionRecorder
+    from ..records.store import open_store
 
     mode = Mode.parse(mode)
     if study.variant is None:
@@ -491,9 +229,15 @@ def run_study(
     retries = study.retries if retries is None else retries
     plan = make_plan(study)
     store = open_store(tracking_uri)  # unreachable / unwritable: fail before any trial
-    executor: Executor = InProcessExecutor() if in_process else RayExecutor(address, study.resources)
+    executor: Executor
+    if in_process:
+        executor = InProcessExecutor()
+    else:
+        from .ray_backend import RayExecutor
+
+        executor = RayExecutor(address, study.resources)
     try:
-        recorder = ExecutionRecorder(store, plan, mode=mode.value)
+        recorder = ExecutionRecorder(store, plan, mode=mode)
         to_run = recorder.begin()
         if recorder.info is None:  # pragma: no cover - begin() always sets it
             raise RuntimeError("the execution recorder did not start an execution")
@@ -543,7 +287,7 @@ def _execute(
 
     executor.on_metrics = recorder.trial_metrics
     slots = executor.slots(resources)
-    window = max_concurrent or (slots * 4 + 8 if executor.name == "ray" else 1)
+    window = max_concurrent or executor.window(slots)
     display: _Progress
     if progress is None:
         progress = True
@@ -557,7 +301,7 @@ def _execute(
     def on_sigint(signum: int, frame: Any) -> None:
         interrupts["count"] += 1
         stop.set()
-        if interrupts["count"] > 1 or executor.name == "in-process":
+        if interrupts["count"] > 1 or executor.interrupts_trial:
             raise KeyboardInterrupt  # in-process: interrupt the trial itself; twice: stop now
 
     if threading.current_thread() is threading.main_thread():
@@ -571,21 +315,20 @@ def _execute(
                 display.update(counts, 0, final=True)
     except KeyboardInterrupt:
         interrupted = True
-        for outcome in executor._poll(0):  # results that came back while the interrupt landed
+        for outcome in executor.collect(0):  # results that came back while the interrupt landed
             if outcome.result is not None and outcome.result.state is not TrialState.KILLED:
                 on_done(outcome)
             else:
                 on_killed(outcome.trial, outcome.attempt)
-        for trial, attempt in executor._cancel():
+        for trial, attempt in executor.cancel():
             on_killed(trial, attempt)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    if isinstance(executor, RayExecutor):
-        by_id = {t.trial_id: t for t in trials}
-        for trial_id, batch in executor._runner.final_metrics():
-            if trial_id in by_id:
-                recorder.trial_metrics(by_id[trial_id], batch)
+    by_id = {t.trial_id: t for t in trials}
+    for trial_id, batch in executor.final_metrics():
+        if trial_id in by_id:
+            recorder.trial_metrics(by_id[trial_id], batch)
     summary.interrupted = bool(interrupted or stop.is_set())
     summary.finished, summary.failed, summary.diverged, summary.killed = counts["finished"], counts["failed"], counts["diverged"], counts["killed"]
     recorder.close("KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED"), summary.counts())

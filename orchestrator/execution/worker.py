@@ -6,17 +6,48 @@ becomes a FINISHED result with ``diverged = 1``. Nothing here raises for a trial
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 import traceback
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from ..definition.workloads import BUILTIN_WORKLOADS, WorkloadError, check_reference
+from ..design.trial import Trial, TrialResult, TrialState
+from ..errors import TrialDiverged, did_you_mean
 from .context import MetricSink, TrialContext
-from .errors import TrialDiverged
-from .trial import Trial, TrialResult, TrialState
-from .workloads import resolve
 
-__all__ = ["execute_trial"]
+__all__ = ["BatchingSink", "execute_trial", "resolve"]
+
+
+class BatchingSink:
+    """A worker-side metric sink: keeps per-step metrics and pushes a batch about every ``interval_s``.
+
+    A trial shorter than ``interval_s`` pushes nothing; its curve travels back with its
+    result (:meth:`remaining`), so short trials cost no extra messages.
+    """
+
+    def __init__(self, push: Callable[[str, list], None] | None, interval_s: float = 1.0):
+        self._push = push
+        self._interval = interval_s
+        self._buffer: list[tuple[int, dict[str, float], int]] = []
+        self._last = time.monotonic()
+        self.started_ms = int(time.time() * 1000)
+        self.last_step = -1
+
+    def __call__(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        self._buffer.append((int(step), dict(metrics), int(time.time() * 1000)))
+        self.last_step = max(self.last_step, int(step))
+        now = time.monotonic()
+        if self._push is not None and now - self._last >= self._interval:
+            batch, self._buffer = self._buffer, []
+            self._last = now
+            self._push(trial_id, batch)
+
+    def remaining(self) -> list[tuple[int, dict[str, float], int]]:
+        """What has not been pushed yet (sent back with the result)."""
+        batch, self._buffer = self._buffer, []
+        return batch
 
 
 def _final_metrics(raw: Any) -> dict[str, float]:
@@ -81,3 +112,29 @@ def execute_trial(
         if not math.isfinite(value) and name != "diverged":
             ctx.record(f"nonfinite_{name}", repr(value))
     return TrialResult(trial_id=trial.trial_id, state=TrialState.FINISHED, metrics=metrics, info=ctx.info, attempts=attempt)
+
+
+def resolve(name: str) -> Callable:
+    """The workload function for a built-in name or a ``"package.module:function"`` reference."""
+    problem = check_reference(name)
+    if problem:
+        raise WorkloadError(f"workload: expected {problem}")
+    target = BUILTIN_WORKLOADS.get(name, name)
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WorkloadError(
+            f"workload {name!r}: cannot import module {module_name!r} ({exc}). "
+            "Install the package that provides it on every node, or fix the reference."
+        ) from exc
+    try:
+        function = getattr(module, attr)
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise WorkloadError(
+            f"workload {name!r}: module {module_name!r} has no function {attr!r}. {did_you_mean(attr, names)}"
+        ) from None
+    if not callable(function):
+        raise WorkloadError(f"workload {name!r}: {target} is a {type(function).__name__}, expected a function")
+    return function

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import did_you_mean
+from .levels import MODELS, OPTIMIZERS, PRECISION_LEVELS, REDUCTION_ORDERS, check_levels
 
 __all__ = [
     "AuditFinding",
@@ -38,20 +38,6 @@ __all__ = [
     "hyperparameter_dtype",
     "round_to_dtype",
 ]
-
-PRECISION_LEVELS: tuple[str, ...] = ("fp64", "fp32", "tf32", "bf16_autocast", "fp16_autocast", "bf16", "fp16")
-"""Valid ``precision`` levels (see docs/numerics.md)."""
-
-REDUCTION_ORDERS: tuple[str, ...] = ("fixed", "sequential", "reversed", "shuffled", "pairwise", "kahan", "fp64")
-"""Valid ``reduction_order`` levels. ``fixed`` is the kernel's own order; the others sum
-per-example (or per-microbatch) contributions explicitly in the trial's precision."""
-
-OPTIMIZERS: tuple[str, ...] = ("gd", "sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "lbfgs", "lm")
-"""Valid ``optimizer`` levels. ``gd`` is ``sgd``'s update under its full-batch name;
-``lm`` is damped Gauss-Newton (Levenberg-Marquardt), for least-squares workloads only."""
-
-MODELS: tuple[str, ...] = ("linear", "deep_linear", "mlp", "mlp_bn", "cnn", "cnn_bn")
-"""Valid ``model`` levels."""
 
 OPTIMIZER_DEFAULTS: dict[str, dict[str, float | None]] = {
     "gd": {"lr": None, "weight_decay": 0.0},
@@ -222,20 +208,3 @@ def audit_config(config: Mapping[str, Any], *, tolerance: float = 0.1) -> list[A
                 message += " (the default value)"
             findings.append(AuditFinding(name, value, dtype, stored, f"{message} [precision={precision}]"))
     return findings
-
-
-_LEVELS = {"precision": PRECISION_LEVELS, "reduction_order": REDUCTION_ORDERS, "optimizer": OPTIMIZERS, "model": MODELS}
-
-
-def check_levels(config: Mapping[str, Any]) -> list[str]:
-    """Problems with the numerics level names in ``config`` (one sentence each, empty if none).
-
-    Example:
-        >>> check_levels({"precision": "bf61"})[0].startswith("precision: expected a precision level, found 'bf61'. Did you mean")
-        True
-    """
-    problems = []
-    for key, valid in _LEVELS.items():
-        if key in config and config[key] not in valid:
-            problems.append(f"{key}: expected a {key} level, found {config[key]!r}. {did_you_mean(str(config[key]), valid)}")
-    return problems

@@ -8,7 +8,7 @@ and returns final metrics including ``param_hash_num`` (the hex hash is in the i
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import torch
 from .training import Kit, Lockstep, cross_entropy, squared_error
 
 if TYPE_CHECKING:
-    from ..context import TrialContext
+    from ..execution.context import TrialContext
 
 __all__ = ["digits", "linear_target", "teacher_student", "two_layer_linear"]
 

@@ -17,12 +17,17 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from ..errors import OrchestratorError, did_you_mean
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CellDrift", "DriftReport", "compare_executions", "holm"]
+    from ..definition.study import Study
+
+__all__ = ["CellDrift", "DriftReport", "compare_executions", "compare_recorded", "environment_differences", "holm"]
 
 IGNORED_METRICS = {"wall_time_s"}
 
@@ -203,7 +208,7 @@ def compare_executions(
     margin: float = 0.0,
     environment: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
 ) -> DriftReport:
-    """Compare two executions' trial tables (one row per trial, as ``tracking.load_results`` gives).
+    """Compare two executions' trial tables (one row per trial, as :meth:`Records.results <orchestrator.records.Records.results>` gives).
 
     Columns used: ``cell_id``, ``replicate``, ``state``, the factor columns, the metric
     columns, and where present ``param_hash`` and ``deterministic``.
@@ -338,3 +343,64 @@ def _bitwise(cell: str, levels: dict[str, Any], metric: str, a: "pd.DataFrame", 
     if not drift.changed:
         drift.reasons.append("bit-identical")
     return drift
+
+
+def compare_recorded(
+    study: "Study",
+    baseline: str,
+    candidate: str,
+    *,
+    metrics: Sequence[str] = (),
+    alpha: float = 0.05,
+    margin: float = 0.0,
+    tracking_uri: str | None = None,
+    out: str | Path | None = None,
+) -> tuple[DriftReport, Path]:
+    """Compare two recorded executions of ``study`` and log the drift report to the candidate's parent run.
+
+    Args:
+        study: the study, with its variant applied (executions of that variant are compared).
+        baseline: an execution reference: an id (or a unique prefix), ``previous`` (the one
+            before the candidate) or ``latest``.
+        candidate: an execution reference, usually ``latest``.
+        metrics: the metrics to compare (default: the study's).
+        alpha, margin: see :func:`compare_executions`.
+        tracking_uri: the store.
+        out: folder for ``drift.md``, ``drift.html`` and ``drift.json`` (default: a temporary folder).
+
+    Returns:
+        The report and the folder it was written to.
+
+    Raises:
+        TrackingError: a reference names no execution (the valid ones listed).
+        OrchestratorError: both references name one execution, or a metric is unknown.
+        ValueError: ``alpha`` or ``margin`` out of range.
+    """
+    import json
+    import tempfile
+
+    from ..records.reader import Records
+
+    records = Records.open(study, study.variant, tracking_uri)
+    candidate_id = records.resolve_id(candidate)
+    baseline_id = records.resolve_id(baseline, relative_to=candidate_id)
+    if baseline_id == candidate_id:
+        raise OrchestratorError(f"--baseline and --candidate are the same execution ({baseline_id}); compare two different executions")
+    names = [x.name for x in study.metrics]
+    unknown = [m for m in metrics if m not in names and m != "diverged"]
+    if unknown:
+        raise OrchestratorError(f"--metric {unknown[0]!r} is not a metric of study {study.name!r}. {did_you_mean(unknown[0], names)}")
+    base, base_meta = records.results(baseline_id)
+    cand, cand_meta = records.results(candidate_id)
+    report = compare_executions(
+        base, cand, study=study.name, factors=study.factor_names, metrics=list(metrics) or names,
+        baseline_id=baseline_id, candidate_id=candidate_id, alpha=alpha, margin=margin,
+        environment=(base_meta.get("environment") or {}, cand_meta.get("environment") or {}),
+    )
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="drift-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "drift.md").write_text(report.to_markdown())
+    (folder / "drift.html").write_text(report.to_html())
+    (folder / "drift.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    records.log_artifacts(folder, execution=candidate_id, artifact_path="drift")
+    return report, folder

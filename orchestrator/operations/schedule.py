@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import OrchestratorError, did_you_mean
+from ..errors import OrchestratorError, did_you_mean
 
 __all__ = ["FORMATS", "ScheduleError", "ScheduleSpec", "check_cron", "render"]
 

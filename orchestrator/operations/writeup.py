@@ -14,12 +14,12 @@ import math
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .study import Study
+    from ..definition.study import Study
 
 __all__ = ["write_page", "cell_table"]
 
@@ -91,11 +91,11 @@ def write_page(
     command: str | None = None,
 ) -> Path:
     """Run (unless ``run=False``), analyse and write the study's page; returns its path."""
-    from .analysis import analyze, write_report
-    from .cli_analysis import study_inputs
-    from .design import make_plan
-    from .environment import summary
-    from .execution import run_study
+    from ..analysis import analyze, write_report
+    from .inputs import study_inputs
+    from ..design.plan import make_plan
+    from ..records.environment import summary
+    from ..execution.runner import run_study
 
     plan = make_plan(study)
     execution = None

@@ -6,7 +6,7 @@ It holds no secrets and no arbitrary environment variables: only the few variabl
 :data:`RECORDED_VARIABLES`, which change numerics (thread counts, cuBLAS workspace, TF32).
 
 Example:
-    >>> from orchestrator.environment import fingerprint
+    >>> from orchestrator.records.environment import fingerprint
     >>> sorted(fingerprint())[:3]
     ['cpu_count', 'cpu_model', 'cublas_workspace_config']
 """

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from ..context import TrialContext
 from ..errors import TrialDiverged
+
+if TYPE_CHECKING:
+    from ..execution.context import TrialContext
 
 __all__ = ["synthetic"]
 

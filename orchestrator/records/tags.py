@@ -1,0 +1,96 @@
+"""Every MLflow tag, parameter and artifact name the records use, defined once.
+
+The recorder writes them and the reader reads them; nothing else spells them out.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ARTIFACT_DESIGN",
+    "ARTIFACT_ENVIRONMENT",
+    "ARTIFACT_STUDY",
+    "ARTIFACT_STUDY_SOURCE_DIR",
+    "ARTIFACT_TRACEBACK",
+    "ATTEMPTS",
+    "CELL_ID",
+    "CLOSED_BY",
+    "CODE_VERSION",
+    "DRIVER",
+    "ENVIRONMENT",
+    "ENV_PREFIX",
+    "EXECUTION_ID",
+    "EXPERIMENT_STUDY",
+    "FINAL_STEP",
+    "INFO",
+    "KIND_EXECUTION",
+    "KIND_TRIAL",
+    "LINEAGE",
+    "MLFLOW_PARENT_RUN_ID",
+    "MLFLOW_RUN_NAME",
+    "MLFLOW_SOURCE_NAME",
+    "MODE",
+    "REPLICATE",
+    "RUN_KIND",
+    "SEED_PREFIX",
+    "STATUS",
+    "STUDY",
+    "STUDY_HASH",
+    "TRIAL",
+    "TRIAL_ID",
+    "TRIALS_PREFIX",
+    "VARIANT",
+]
+
+# -- tags shared by the parent run (one execution) and its child runs (one trial attempt each)
+STUDY = "study"
+STUDY_HASH = "study_hash"
+VARIANT = "variant"
+CODE_VERSION = "code_version"
+EXECUTION_ID = "execution_id"
+LINEAGE = "lineage"
+ENV_PREFIX = "env."
+"""``env.<key>``: one tag per entry of the environment fingerprint."""
+
+RUN_KIND = "run_kind"
+KIND_EXECUTION = "execution"
+KIND_TRIAL = "trial"
+
+# -- parent run
+MODE = "mode"
+"""Also the name of the parent run's parameter."""
+DRIVER = "driver"
+"""``host:pid`` of the driver that executes it."""
+ENVIRONMENT = "orchestrator.environment"
+STATUS = "orchestrator.status"
+TRIALS_PREFIX = "trials_"
+"""Parent-run metrics ``trials_planned``, ``trials_skipped``, ``trials_finished``, ..."""
+
+# -- child run (one trial attempt)
+TRIAL_ID = "trial_id"
+CELL_ID = "cell_id"
+REPLICATE = "replicate"
+ATTEMPTS = "attempts"
+TRIAL = "orchestrator.trial"
+"""The typed levels, seeds, seed indices and (if short enough) parameters, as JSON."""
+INFO = "orchestrator.info"
+"""What the trial recorded about itself (``ctx.record``), as JSON."""
+FINAL_STEP = "orchestrator.final_step"
+"""The step the final metrics are logged at (one after the last logged step)."""
+SEED_PREFIX = "seed_"
+"""``seed_<stream>``: parameters (and result columns) holding each stream's seed."""
+
+# -- any run
+CLOSED_BY = "orchestrator.closed_by"
+EXPERIMENT_STUDY = "orchestrator.study"
+MLFLOW_RUN_NAME = "mlflow.runName"
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+
+# -- artifacts of the parent run
+ARTIFACT_DESIGN = "design.csv"
+ARTIFACT_STUDY = "study.json"
+ARTIFACT_ENVIRONMENT = "environment.json"
+ARTIFACT_STUDY_SOURCE_DIR = "study"
+"""The study file, stored as ``study/<name>.py.txt``."""
+ARTIFACT_TRACEBACK = "traceback.txt"
+"""A failed trial's traceback (child run)."""
