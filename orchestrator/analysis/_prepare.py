@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from orchestrator.analysis._engine import group_trials, interaction_terms
 from orchestrator.analysis.errors import AnalysisError
 from orchestrator.errors import did_you_mean
 
-__all__ = ["Prepared", "prepare", "as_names"]
+__all__ = ["Prepared", "prepare", "as_names", "SeedInteractions", "term_tuple", "group"]
+
+
+class SeedInteractions(enum.Enum):
+    """Which random-factor x fixed-factor interactions the model includes by default.
+
+    ``MAIN``: each random factor (seed stream) with each fixed main factor, where the design
+    can estimate it (see docs/analysis.md, "Random terms"); ``NONE``: random factors are
+    additive (only the random terms given explicitly).
+    """
+
+    NONE = "none"
+    MAIN = "main"
+
+    @classmethod
+    def parse(cls, value: "SeedInteractions | str | None") -> "SeedInteractions":
+        """The mode named by ``value`` (None: ``MAIN``), or an ``AnalysisError`` naming the valid ones."""
+        if value is None:
+            return cls.MAIN
+        if isinstance(value, cls):
+            return value
+        names = [m.value for m in cls]
+        if isinstance(value, str) and value.strip().lower() in names:
+            return cls(value.strip().lower())
+        raise AnalysisError(f"seed_interactions must be one of {', '.join(names)}, found {value!r}. "
+                            f"{did_you_mean(str(value), names)}".strip())
 
 
 def as_names(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -62,7 +89,7 @@ class Prepared:
         return len(self.data)
 
 
-def _term_tuple(name: str) -> tuple[str, ...]:
+def term_tuple(name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in name.split(":"))
 
 
@@ -90,12 +117,26 @@ def prepare(df: pd.DataFrame, response: str, fixed: str | Sequence[str] = (), ra
                             f"{example}. Choose a numeric metric column or convert it first.")
     for name in fixed_t:
         missing(name, "fixed factor")
+    random_main = tuple(r for r in random_t if ":" not in r)
     for name in random_t:
-        missing(name, "random factor")
+        parts = term_tuple(name)
+        if len(parts) == 1:
+            missing(name, "random factor")
+            continue
+        if any(not part for part in parts) or len(set(parts)) < len(parts):
+            problems.append(f'random term "{name}" is not of the form A:B with distinct column names. '
+                            "Write an interaction as seed_init:optimizer.")
+            continue
+        for part in parts:
+            missing(part, f'random term "{name}": its')
+        if all(part in fixed_t for part in parts):
+            problems.append(f'random term "{name}" has only fixed factors ({", ".join(parts)}); a random interaction '
+                            "needs a random column, such as a seed stream (seed_init:optimizer). Make it a fixed "
+                            "interaction (--interactions) instead.")
     for name in sorted(set(fixed_t) & set(random_t)):
         problems.append(f'"{name}" is declared both fixed and random. Declare it once: fixed for levels you chose '
                         "(dtype, learning rate), random for levels that are a sample (seeds, batches).")
-    for name in (set(fixed_t) | set(random_t)) & {response}:
+    for name in (set(fixed_t) | set(random_main)) & {response}:
         problems.append(f'"{name}" is both the response and a factor. Choose a different response or factor.')
     for name in sorted({n for n in fixed_t if fixed_t.count(n) > 1} | {n for n in random_t if random_t.count(n) > 1}):
         problems.append(f'factor "{name}" is listed twice. List it once.')
@@ -108,7 +149,7 @@ def prepare(df: pd.DataFrame, response: str, fixed: str | Sequence[str] = (), ra
     if aliases is not None:
         alias_map = {str(k): [str(a) for a in v] for k, v in aliases.items()}
         for key in alias_map:
-            for part in _term_tuple(key):
+            for part in term_tuple(key):
                 if part not in fixed_t:
                     problems.append(f'aliases name the effect "{key}", but "{part}" is not a fixed factor. '
                                     f"{did_you_mean(part, fixed_t)}")
@@ -124,18 +165,27 @@ def prepare(df: pd.DataFrame, response: str, fixed: str | Sequence[str] = (), ra
     else:
         everything["_diverged"] = False
     y = pd.to_numeric(everything[response], errors="coerce").astype(float)
-    nonfinite = ~np.isfinite(y) & ~everything["_failed"] & ~everything["_diverged"]
+    alive = ~everything["_failed"] & ~everything["_diverged"]
+    # An infinite value is an overflow (divergence); NaN or no value at all is a missing metric:
+    # its own outcome, never counted as divergence (a missing column says nothing about training).
+    overflow = np.isinf(y) & alive
+    everything["_missing"] = y.isna() & alive
     notes: list[str] = []
-    if nonfinite.any():
-        notes.append(f"{int(nonfinite.sum())} finished trial(s) have a missing or non-finite {response}; they are "
-                     "counted as diverged in the failure analysis and excluded from the response analysis.")
-        everything.loc[nonfinite, "_diverged"] = True
-    factor_na = everything[list(fixed_t + random_t)].isna().any(axis=1)
+    if overflow.any():
+        notes.append(f"{int(overflow.sum())} finished trial(s) have an infinite {response}: they are counted as "
+                     "diverged (overflow) and excluded from the response analysis.")
+        everything.loc[overflow, "_diverged"] = True
+    if everything["_missing"].any():
+        notes.append(f"{int(everything['_missing'].sum())} finished trial(s) have no value (missing or NaN) of "
+                     f"{response}: they are counted as missing (not as diverged) and excluded from the response "
+                     "analysis.")
+    columns_used = list(dict.fromkeys(fixed_t + tuple(p for r in random_t for p in term_tuple(r))))
+    factor_na = everything[columns_used].isna().any(axis=1)
     if factor_na.any():
         notes.append(f"{int(factor_na.sum())} trial(s) have no level for some factor and are left out entirely.")
         everything = everything.loc[~factor_na].copy()
         y = y.loc[everything.index]
-    usable = ~everything["_failed"] & ~everything["_diverged"]
+    usable = ~everything["_failed"] & ~everything["_diverged"] & ~everything["_missing"]
     data = everything.loc[usable].copy()
     data["_y"] = y.loc[data.index]
     transform = None
@@ -152,7 +202,7 @@ def prepare(df: pd.DataFrame, response: str, fixed: str | Sequence[str] = (), ra
         notes.append(f"{failed} failed and {diverged} diverged trial(s) of {len(everything)} are excluded from the "
                      "response analysis and analysed separately under failures.")
 
-    levels = {f: _levels(data[f]) for f in fixed_t + random_t}
+    levels = {f: _levels(data[f]) for f in columns_used}
     kept_fixed, kept_random, dropped = [], [], []
     for f in fixed_t:
         if len(levels[f]) < 2 and len(data):
@@ -163,29 +213,39 @@ def prepare(df: pd.DataFrame, response: str, fixed: str | Sequence[str] = (), ra
         else:
             kept_fixed.append(f)
     for f in random_t:
-        if len(levels[f]) < 2 and len(data):
-            notes.append(f'random factor "{f}" has a single level among analysed trials: its variance cannot be '
-                         "estimated and it is left out of the model.")
+        parts = term_tuple(f)
+        combos = data.groupby(list(parts), observed=True).ngroups if len(data) else 0
+        if len(data) and combos < 2:
+            notes.append(f'random {"factor" if len(parts) == 1 else "term"} "{f}" has a single level among analysed '
+                         "trials: its variance cannot be estimated and it is left out of the model.")
             dropped.append(f)
-        elif len(data) and len(levels[f]) == len(data):
-            notes.append(f'random factor "{f}" has a different level for every trial: its variance cannot be told '
-                         "apart from the residual and is included in it. Reuse its levels across cells to estimate it.")
+        elif len(data) and combos == len(data):
+            notes.append(f'random {"factor" if len(parts) == 1 else "term"} "{f}" has a different level for every '
+                         "trial: its variance cannot be told apart from the residual and is included in it. Reuse its "
+                         "levels across cells to estimate it.")
             dropped.append(f)
         else:
             kept_random.append(f)
     if len(data) and not kept_fixed and not kept_random:
         raise AnalysisError("every factor has fewer than 2 levels among the analysed trials "
-                            f"({', '.join(f'{f}: {len(levels[f])}' for f in fixed_t + random_t)}). "
+                            f"({', '.join(f'{f}: {len(levels[f])}' for f in fixed_t + random_main)}). "
                             "Expected at least one factor with 2 or more levels; check the filter or the study.")
     if alias_map is not None:
-        terms = [_term_tuple(k) for k in alias_map]
+        terms = [term_tuple(k) for k in alias_map]
         terms = [t for t in terms if set(t) <= set(kept_fixed)]
         terms.sort(key=len)
     else:
-        from orchestrator.analysis._engine import interaction_terms
-
         terms = interaction_terms(kept_fixed, int(interactions))
     return Prepared(response=response, transform=transform, fixed=kept_fixed, random=kept_random, terms=terms,
                     data=data, everything=everything, levels=levels, aliases=alias_map, notes=notes,
                     declared_fixed=list(fixed_t),
                     dropped_factors=dropped)
+
+
+def group(prep: Prepared, factors: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int], np.ndarray, np.ndarray,
+                                                        np.ndarray, np.ndarray, float, float]:
+    """Aggregate trials sharing every level (see ``_engine.group_trials``)."""
+    codes = {f: pd.Categorical(prep.data[f], categories=prep.levels[f]).codes.astype(np.int64) for f in factors}
+    g = group_trials(prep.data["_y"].to_numpy(float), codes)
+    return (g["codes"], {f: len(prep.levels[f]) for f in factors}, g["counts"], g["sums"], g["sumsq"],
+            g["row_group"], g["centre"], g["scale"])

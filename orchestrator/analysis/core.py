@@ -11,8 +11,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from orchestrator.analysis._engine import Engine, Term, _independent
-from orchestrator.analysis._prepare import Prepared, level_label, prepare
+from orchestrator.analysis import _inference as inf
+from orchestrator.analysis._engine import Engine, Mixed, Term, _independent
+from orchestrator.analysis._prepare import Prepared, SeedInteractions, group, level_label, prepare, term_tuple
+from orchestrator.analysis.errors import AnalysisError
+from orchestrator.analysis.extras import add_diagnostics, add_spread, failure_analysis
+from orchestrator.errors import did_you_mean
 
 if TYPE_CHECKING:
     from orchestrator.analysis.power import ReplicatePlan
@@ -22,11 +26,16 @@ __all__ = ["AnalysisResult", "analyze", "SCHEMA_VERSION", "SHARES_DEFINITION"]
 SCHEMA_VERSION = 1
 CI_LEVEL = 0.95
 SHARES_DEFINITION = (
-    "share = component / total, total = sum of all components. A fixed term's component is the variance of its "
-    "fitted contribution, estimated without bias as (SS - df * MS_residual) / n and floored at 0 (the omega-squared "
-    "numerator); a random factor's component is its REML variance; the residual component is the REML residual "
-    "variance. Intervals are percentiles of a parametric bootstrap that refits the same model."
+    "share = component / total, total = sum of all components = the variance of one trial in a cell drawn at random "
+    "from the design, with new levels of every random factor. A fixed term's component is the variance of its "
+    "contribution over the design's cells, b' S b with S the mean of x x' over the cells, estimated without bias as "
+    "b_hat' S b_hat - tr(S cov(b_hat)) from the mixed-model fit and floored at 0 (the subtracted trace is the noise "
+    "in b_hat, including every random term it depends on, so no variance is counted twice); a random term's "
+    "component is its REML variance; the residual component is the REML residual variance. Intervals: basic "
+    "parametric-bootstrap intervals on the logit scale, refitting the same model."
 )
+#: The fill rate of (random level x design cell) above which a random factor counts as crossed with the design.
+CROSSED_FILL = 0.75
 _MAX_LISTED = 12
 
 
@@ -109,6 +118,7 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     power: dict[str, Any] | None = None
     prepared: Prepared | None = field(default=None, repr=False, compare=False)
+    model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document described in docs/analysis.md (schema_version 1)."""
@@ -120,6 +130,7 @@ class AnalysisResult:
             "n_total": self.n_total,
             "ss_type": self.ss_type,
             "ss_type_reason": self.ss_type_reason,
+            "model": self.model,
             "balanced": self.balanced,
             "missing_cells": self.missing_cells,
             "factors": self.factors,
@@ -169,7 +180,8 @@ def _design_cells(prep: Prepared) -> tuple[bool, str, list[dict[str, str]], pd.S
     lo, hi = int(counts.min()), int(counts.max())
     grid = " x ".join(prep.fixed)
     if not missing and lo == hi:
-        return True, f"balanced: every cell of {grid} has {lo} trial(s), so Type II sums of squares are used", [], counts
+        return True, (f"balanced: every cell of {grid} has {lo} trial(s), so Type II sums of squares are used (here they "
+                      "equal Type III: both test equal unweighted level means)"), [], counts
     why = []
     if missing:
         shown = "; ".join(", ".join(f"{k}={v}" for k, v in c.items()) for c in missing[:_MAX_LISTED])
@@ -178,29 +190,8 @@ def _design_cells(prep: Prepared) -> tuple[bool, str, list[dict[str, str]], pd.S
     if lo != hi:
         why.append(f"cells have {lo} to {hi} trial(s)")
     return False, ("unbalanced (" + "; ".join(why) + "), so Type III sums of squares with sum-to-zero contrasts "
-                   "are used"), missing, counts
-
-
-def _group(prep: Prepared, factors: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """Aggregate trials sharing every level: codes per group, counts, sums, sums of squares."""
-    y = prep.data["_y"].to_numpy(float)
-    centre = float(y.mean())
-    scale = float(y.std()) or 1.0
-    z = (y - centre) / scale
-    codes = {}
-    for f in factors:
-        lv = prep.levels[f]
-        codes[f] = pd.Categorical(prep.data[f], categories=lv).codes.astype(np.int64)
-    frame = pd.DataFrame({f: codes[f] for f in factors})
-    frame["_z"] = z
-    frame["_z2"] = z * z
-    g = frame.groupby(factors, sort=False, observed=True)
-    agg = g.agg(n=("_z", "size"), s=("_z", "sum"), ss=("_z2", "sum"))
-    idx = agg.index.to_frame(index=False) if len(factors) > 1 else pd.DataFrame({factors[0]: agg.index})
-    gcodes = {f: idx[f].to_numpy(np.int64) for f in factors}
-    row_group = g.ngroup().to_numpy()
-    return (gcodes, {f: len(prep.levels[f]) for f in factors}, agg["n"].to_numpy(float), agg["s"].to_numpy(float),
-            agg["ss"].to_numpy(float), row_group, centre, scale)
+                   "are used: they test the same hypotheses as on the balanced design (equal unweighted level means), "
+                   "where Type II would weight the levels by their counts"), missing, counts
 
 
 def _empty_result(prep: Prepared, notes: list[str], failures: dict[str, Any], reason: str) -> AnalysisResult:
@@ -219,6 +210,56 @@ def _factor_info(prep: Prepared) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _candidate_interactions(prep: Prepared, mode: SeedInteractions) -> tuple[list[str], list[str]]:
+    """Random-factor x fixed-factor interactions to try, and notes on those the design cannot hold.
+
+    For a random factor R, the fixed factors that vary within its levels (in most of them)
+    are its "within" factors; R:A is a candidate for each within factor A when R is crossed
+    with the grid of within factors: at least ``CROSSED_FILL`` of the (R level x within
+    cell) combinations occur. A factor constant within R's levels (R nested in it) has no
+    interaction with R; an incomplete block (each block holds a fraction of the cells, as
+    npk) is not crossed, and its block x treatment interaction stays in the residual, as in
+    the classical randomised-block analysis.
+    """
+    if mode is SeedInteractions.NONE or not prep.fixed or not prep.n:
+        return [], []
+    given = {frozenset(term_tuple(r)) for r in prep.random}
+    mains = [r for r in prep.random if ":" not in r]
+    out, notes = [], []
+    for r in mains:
+        per_level = prep.data.groupby(r, observed=True)[prep.fixed].nunique()
+        within = [f for f in prep.fixed if float((per_level[f] >= 2).mean()) >= 0.5]
+        if not within:
+            continue
+        cells = prep.data.groupby(within, observed=True).ngroups
+        combos = prep.data.groupby([r] + within, observed=True).ngroups
+        fill = combos / (len(prep.levels[r]) * cells)
+        if fill < CROSSED_FILL:
+            notes.append(f'random factor "{r}" is not crossed with the cells of {" x ".join(within)} (only '
+                         f"{100 * fill:.0f}% of its level x cell combinations occur), so no {r} x factor interaction "
+                         "is estimated; any such interaction is part of the residual.")
+            continue
+        out.extend(f"{r}:{f}" for f in within if frozenset((r, f)) not in given)
+    return out, notes
+
+
+def _build(prep: Prepared, random_names: list[str]) -> tuple[Engine, dict[str, Any]]:
+    factors = list(dict.fromkeys(prep.fixed + [p for r in random_names for p in term_tuple(r)]))
+    gcodes, nlev, counts, sums, sumsq, row_group, centre, scale = group(prep, factors)
+    eng = Engine(gcodes, nlev, prep.terms, [term_tuple(r) for r in random_names], counts, sums, sumsq)
+    return eng, {"codes": gcodes, "levels": nlev, "counts": counts, "row_group": row_group, "centre": centre,
+                 "scale": scale}
+
+
+def _design_codes(prep: Prepared, eng: Engine) -> dict[str, np.ndarray] | None:
+    """Codes of a fractional design's points (None: the full grid of levels is the design)."""
+    if prep.aliases is None or not prep.fixed:
+        return None
+    pts = prep.everything[prep.fixed].drop_duplicates()
+    pts = pts[np.all([pts[f].isin(prep.levels[f]) for f in prep.fixed], axis=0)]
+    return {f: pd.Categorical(pts[f], categories=prep.levels[f]).codes.astype(np.int64) for f in prep.fixed}
+
+
 # --------------------------------------------------------------------------------------- analyze
 def analyze(
     df: pd.DataFrame,
@@ -232,16 +273,19 @@ def analyze(
     bootstrap: int = 200,
     seed: int = 0,
     spread_by: str | Sequence[str] | None = None,
+    seed_interactions: SeedInteractions | str | None = None,
 ) -> AnalysisResult:
-    """Attribute the variance of ``response`` to each factor, interaction, random factor and the residual.
+    """Attribute the variance of ``response`` to each factor, interaction, random term and the residual.
 
     Args:
         df: one row per trial. Optional columns ``state`` (rows other than "FINISHED" are
             failures) and ``diverged_column`` (non-zero: diverged) feed the failure analysis;
-            failed and diverged trials are excluded from the response analysis, never silently.
+            failed, diverged and missing-response trials are excluded from the response
+            analysis, never silently.
         response: the numeric column to explain, e.g. ``"final_loss"``.
         fixed: fixed factors; categorical even when their values are numbers.
-        random: random factors (seed streams, batches): variance components by REML.
+        random: random factors (seed streams, batches) and random interactions
+            (``"seed_init:optimizer"``, ``"batch:cask"``): variance components by REML.
         interactions: highest interaction order among fixed factors (1 = main effects).
         log: analyse ``log(response)`` (losses); the response must be positive.
         diverged_column: the 0/1 divergence column, or None.
@@ -250,43 +294,41 @@ def analyze(
         bootstrap: parametric-bootstrap replicates for the intervals (0: no intervals).
         seed: seed of the bootstrap (results are reproducible).
         spread_by: fixed factor(s) within whose levels variance components are estimated.
+        seed_interactions: ``"main"`` (default): add each random factor x fixed factor
+            interaction the design can estimate; ``"none"``: only the random terms given.
 
     Returns:
-        An ``AnalysisResult``.
+        An ``AnalysisResult``; ``model["random_terms"]`` lists the random terms fitted.
 
     Raises:
         AnalysisError: a column is unknown, the response is not numeric, a factor is both
-            fixed and random, or no factor has two levels.
+            fixed and random, no factor has two levels, or an option is not valid.
 
     Example:
         >>> import pandas as pd
         >>> from orchestrator.analysis import analyze
         >>> df = pd.DataFrame({"dtype": ["fp32", "bf16"] * 4, "loss": [1.0, 1.5, 1.1, 1.4, 0.9, 1.6, 1.0, 1.5]})
         >>> res = analyze(df, "loss", fixed=["dtype"], bootstrap=0)
-        >>> res.anova[0]["term"], res.ss_type
-        ('dtype', 2)
+        >>> res.anova[0]["term"], res.ss_type, res.anova[0]["den_df"]
+        ('dtype', 2, 6)
     """
-    from orchestrator.analysis import extras
-
+    mode = SeedInteractions.parse(seed_interactions)
     prep = prepare(df, response, fixed, random, interactions, log, diverged_column, aliases)
     notes = list(prep.notes)
     spread_factors = [spread_by] if isinstance(spread_by, str) else list(spread_by or [])
     for f in spread_factors:
         if f not in prep.fixed:
-            from orchestrator.analysis.errors import AnalysisError
-            from orchestrator.errors import did_you_mean
-
             raise AnalysisError(f'spread_by must name a fixed factor with 2+ levels, found "{f}". '
                                 f"{did_you_mean(f, prep.fixed)}")
-    failures = extras.failure_analysis(prep, seed=seed)
+    failures = failure_analysis(prep, seed=seed)
     if prep.n == 0:
-        notes.append(f"all {len(prep.everything)} trials failed or diverged: there is no response to analyse. "
-                     "See failures for the rates per level and per cell.")
+        notes.append(f"all {len(prep.everything)} trials failed, diverged or have no {prep.response}: there is no "
+                     "response to analyse. See failures for the rates per level and per cell.")
         return _empty_result(prep, notes, failures, "no analysed trials")
-    if prep.n < 3 or float(np.ptp(prep.data["_y"].to_numpy())) == 0.0:
-        value = prep.data["_y"].iloc[0]
+    yv = prep.data["_y"].to_numpy(float)
+    if prep.n < 3 or float(np.max(yv)) == float(np.min(yv)):
         if prep.n >= 3:
-            notes.append(f"{prep.response} is constant ({value:g}) across all {prep.n} analysed trials: there is no "
+            notes.append(f"{prep.response} is constant ({yv[0]:g}) across all {prep.n} analysed trials: there is no "
                          "variance to attribute, so no ANOVA, components or shares are reported.")
         else:
             notes.append(f"only {prep.n} analysed trial(s): too few to estimate any variance.")
@@ -294,13 +336,41 @@ def analyze(
 
     balanced, reason, missing, _ = _design_cells(prep)
     ss_type = 2 if balanced else 3
-    factors = prep.fixed + prep.random
-    gcodes, nlev, counts, sums, sumsq, row_group, centre, scale = _group(prep, factors)
-    eng = Engine(gcodes, nlev, prep.terms, prep.random, counts, sums, sumsq)
-    s2 = scale * scale
+    if not balanced and any(len(t) > 1 for t in prep.terms):
+        marginal = [":".join(t) for t in prep.terms if any(set(t) < set(s) for s in prep.terms)]
+        if marginal:
+            reason += (f"; of the tests, only those of {', '.join(marginal)} (terms contained in an interaction) would "
+                       "differ under Type II")
+
+    # Random terms: the ones given, then the random x fixed interactions the design can estimate.
+    candidates, cand_notes = _candidate_interactions(prep, mode)
+    notes += cand_notes
+    random_names = list(prep.random) + candidates
+    eng, g = _build(prep, random_names)
+    if candidates:
+        fixed_and_given = [t for t in eng.terms if t.kind != "random" or t.name in prep.random]
+        base_rank = len(eng.columns(fixed_and_given))
+        accepted, rank = [], base_rank
+        for name in candidates:
+            t = eng.term(name)
+            gain = len(t.kept)
+            if gain == 0:
+                notes.append(f"{name} is not estimable (confounded with other terms) and is left out of the model.")
+                continue
+            if eng.n - (rank + gain) < 1:
+                notes.append(f"{name} cannot be told apart from the residual (one trial per {name.replace(':', ' x ')} "
+                             "combination and nothing else varying), so it is part of the residual.")
+                continue
+            accepted.append(name)
+            rank += gain
+        if accepted != candidates:
+            random_names = list(prep.random) + accepted
+            eng, g = _build(prep, random_names)
+        candidates = accepted
+    s2 = g["scale"] ** 2
     n = eng.n
 
-    # Estimability: fixed terms in order (lower order first), then random factors.
+    # Estimability: fixed terms in order (lower order first), then random terms.
     model: list[Term] = [eng.terms[0]]
     estimable_fixed: list[Term] = []
     for t in eng.terms[1:]:
@@ -322,33 +392,34 @@ def analyze(
         if t.kind != "random":
             continue
         if len(t.kept) == 0:
-            notes.append(f'random factor "{t.name}" is confounded with the fixed effects (no level varies within '
+            notes.append(f'random term "{t.name}" is confounded with the fixed effects (no level varies within '
                          "them): its variance cannot be estimated and it is left out.")
             continue
         reml_terms.append(t)
-    # A fixed term confounded with random factors is estimated only from differences between
-    # their levels; the residual is the wrong error term for it (npk: N:P:K with blocks).
+    # A fixed term confounded with random terms is estimated from differences between their
+    # levels (npk: N:P:K with blocks): its sum of squares is the sequential one, before them.
     between: dict[str, str] = {}
-    if reml_terms:
-        rcols = np.concatenate([t.columns for t in reml_terms])
-        for t in estimable_fixed:
-            others = np.concatenate([rcols] + [s.columns for s in estimable_fixed if s is not t])
-            gain = len(_independent(eng.G, np.concatenate([others, t.columns]))) - len(_independent(eng.G, others))
-            if gain < len(t.kept):
-                names = [r.name for r in reml_terms]
-                between[t.name] = ", ".join(names)
-                notes.append(f"{t.name} is confounded with random factor(s) {', '.join(names)}: it is estimated from "
-                             "differences between their levels, so its F test against the residual is not valid and "
-                             "is not reported.")
-    crossed = reml_terms
+    for t in estimable_fixed:
+        # random terms that contain t (seed:A for A) vary within t's levels by construction: not confounding
+        others = [r for r in reml_terms if not set(t.factors) <= set(r.factors)]
+        if not others:
+            continue
+        earlier = [s for s in estimable_fixed if s is not t and not set(t.factors) <= set(s.factors)]
+        base = _independent(eng.G, np.concatenate([r.columns for r in others] + [s.kept for s in earlier]))
+        if len(_independent(eng.G, t.kept, base)) < len(t.kept):
+            between[t.name] = ", ".join(r.name for r in others)
     model += reml_terms
     fixed_cols = eng.columns([eng.terms[0]] + estimable_fixed)
     model_cols = eng.columns(model)
     df_res = int(round(n)) - len(model_cols)
+    random_info = [{"term": t.name, "origin": "seed_interactions=main" if t.name in candidates else "given",
+                    "columns": len(t.columns)} for t in reml_terms]
+    model_info = {"fixed": [t.name for t in estimable_fixed], "random_terms": random_info,
+                  "seed_interactions": mode.value}
 
     # Sums of squares and the ANOVA table.
     ss, rss = eng.sums_of_squares(model, ss_type)
-    if between:  # sequential, as R's Error() strata: the confounded term before the random factors
+    if between:
         ss_fixed, _ = eng.sums_of_squares([t for t in model if t.kind != "random"], ss_type)
         ss.update({k: ss_fixed[k] for k in between})
     rss = float(rss[0])
@@ -358,80 +429,131 @@ def analyze(
         notes.append("no residual degrees of freedom (one trial per cell with every interaction in the model): F tests, "
                      "p-values and the residual variance cannot be estimated. Add replicates or lower --interactions.")
 
-    # Variance components.
+    # Variance components (REML from moment starting values).
     mixed = eng.mixed_parts(reml_terms)
+    mom: dict[str, float] = {}
     if df_res > 0:
-        comp, sigma2, beta, theta = mixed.fit()
+        start = None
+        if reml_terms:
+            mom, s2_mom = eng.moments(reml_terms, fixed_cols)
+            start = np.sqrt(np.maximum([mom[t.name] for t in reml_terms], 0.0) / max(s2_mom, 1e-300))
+        comp, sigma2, beta, theta = mixed.fit(start=start)
     else:
         comp, sigma2, beta, theta = np.zeros(len(reml_terms)), float("nan"), None, np.zeros(len(reml_terms))
-    mom: dict[str, float] = {}
-    if reml_terms and df_res > 0:
-        mom, _ = eng.moments(reml_terms, fixed_cols)
     if reml_terms:
-        vc_method = "REML (profiled deviance from cross-products, as lme4)"
-        if balanced:
-            vc_method += "; method of moments (expected mean squares, Henderson III) as a cross-check"
+        vc_method = ("REML (profiled deviance and its analytic gradient from cross-products, as lme4); method of "
+                     "moments (Henderson III) as a cross-check")
     else:
-        vc_method = "residual mean square (no random factors)"
+        vc_method = "residual mean square (no random terms)"
+
+    # Tests of each term against its error term.
+    exact = inf.fully_balanced(g["counts"], g["codes"], g["levels"])
+    tests: dict[str, dict[str, Any]] = {}
+    parts = None
+    if df_res > 0:
+        dfs = {t.name: len(t.kept) for t in model[1:]}
+        ms = {t.name: float(ss[t.name][0]) / dfs[t.name] for t in model[1:]}
+        if not reml_terms:
+            for t in estimable_fixed:
+                tests[t.name] = {"F": ms[t.name] / ms_res, "den_df": float(df_res), "error_term": "Residual",
+                                 "test": "F against the residual"}
+        elif exact:
+            tests = inf.ems_tests(model[1:], reml_terms, ms, dfs, ms_res, df_res, g["levels"], n)
+        else:
+            parts = mixed.satterthwaite_parts(theta, sigma2)
+            tests = inf.satterthwaite_tests(estimable_fixed, mixed, beta, parts)
+            for t in reml_terms:
+                tests[t.name] = {"F": None, "den_df": None, "error_term": None,
+                                 "test": "none (unbalanced: judge a random term by its variance and interval)"}
+    test_method = ("F against the residual" if not reml_terms else
+                   "expected mean squares (balanced design, as aov with Error strata)" if exact else
+                   "Wald F with Satterthwaite denominator df (REML, as lmerTest)")
+    model_info["tests"] = test_method
+
+    # Shares: fixed contributions from the mixed-model coefficients.
+    V = None
+    if df_res > 0:
+        V = parts["V"] if parts is not None else sigma2 * mixed.evaluate(theta, *mixed.data(None, None))["Txx"]
+    design_codes = _design_codes(prep, eng)
+    weights = {t.name: inf.term_weights(t, eng, design_codes) for t in estimable_fixed}
+    pos = {int(j): i for i, j in enumerate(mixed.x)}
+
+    def fixed_parts(b: np.ndarray, Vb: np.ndarray) -> dict[str, float]:
+        out = {}
+        for t in estimable_fixed:
+            ix = [pos[int(j)] for j in t.kept]
+            out[t.name] = inf.fixed_variance(b[ix], Vb[np.ix_(ix, ix)], weights[t.name])
+        return out
 
     # Bootstrap.
     rng = np.random.default_rng(seed)
-    boot = _bootstrap(eng, model, ss_type, mixed, reml_terms, beta, comp, sigma2, theta, estimable_fixed + crossed,
-                      df_res, bootstrap, rng, between) if bootstrap and df_res > 0 else None
+    boot = _bootstrap(eng, mixed, reml_terms, beta, comp, sigma2, theta, bootstrap, rng, fixed_parts) \
+        if bootstrap and df_res > 0 else None
 
     anova_rows: list[dict[str, Any]] = []
     for t in model[1:]:
         sst = float(ss[t.name][0])
         dft = len(t.kept)
-        F = (sst / dft) / ms_res if df_res > 0 else float("nan")
+        tst = tests.get(t.name, {})
+        F = tst.get("F")
+        den = tst.get("den_df")
+        if t.name in between and (exact or not reml_terms):
+            F, den = None, None
         row = {
             "term": t.name, "kind": t.kind, "df": dft, "sum_sq": _f(sst * s2), "mean_sq": _f(sst / dft * s2),
-            "F": _f(F) if t.name not in between else None,
-            "p": _f(stats.f.sf(F, dft, df_res)) if df_res > 0 and t.name not in between else None,
+            "F": _f(F), "p": _f(inf.p_value(F, dft, den)), "den_df": _f(den),
+            "error_term": tst.get("error_term") if F is not None else None,
             "eta_sq": _f(sst / ss_total), "partial_eta_sq": _f(sst / (sst + rss)) if df_res > 0 else None,
             "omega_sq": _f((sst - dft * ms_res) / (ss_total + ms_res)) if df_res > 0 else None,
-            "eta_sq_ci": _ci(boot["eta"][t.name]) if boot else None,
-            "partial_eta_sq_ci": _ci(boot["peta"][t.name]) if boot else None,
-            "omega_sq_ci": _ci(boot["omega"][t.name]) if boot else None,
+            "eta_sq_ci": None, "partial_eta_sq_ci": None, "omega_sq_ci": None,
         }
         if prep.aliases is not None and t.kind == "fixed":
             row["aliases"] = prep.aliases.get(t.name, [])
         anova_rows.append(row)
     anova_rows.append({"term": "Residual", "kind": "residual", "df": df_res, "sum_sq": _f(rss * s2),
-                       "mean_sq": _f(ms_res * s2), "F": None, "p": None, "eta_sq": _f(rss / ss_total),
-                       "partial_eta_sq": None, "omega_sq": None, "eta_sq_ci": None, "partial_eta_sq_ci": None,
-                       "omega_sq_ci": None})
+                       "mean_sq": _f(ms_res * s2), "F": None, "p": None, "den_df": None, "error_term": None,
+                       "eta_sq": _f(rss / ss_total), "partial_eta_sq": None, "omega_sq": None, "eta_sq_ci": None,
+                       "partial_eta_sq_ci": None, "omega_sq_ci": None})
+    for name in between:
+        row = next(r for r in anova_rows if r["term"] == name)
+        if row["F"] is None:
+            notes.append(f"{name} is confounded with random term(s) {between[name]}: it is estimated from differences "
+                         "between their levels, so its F test against the residual is not valid and is not reported.")
+        else:
+            notes.append(f"{name} is confounded with random term(s) {between[name]}: it is tested against them "
+                         f"({row['den_df']:.3g} denominator df), not against the residual.")
 
     vc_rows: list[dict[str, Any]] = []
-    total_var = 0.0
     for j, t in enumerate(reml_terms):
         v = float(comp[j])
         boundary = bool(df_res > 0 and v <= 1e-8 * max(sigma2, 1e-300))
         if boundary:
-            notes.append(f'the variance of random factor "{t.name}" is estimated at zero (a boundary estimate): the '
-                         "data show no spread between its levels beyond the residual; its interval starts at 0.")
-        vc_rows.append({"component": t.name, "variance": _f(v * s2), "sd": _f(math.sqrt(max(v, 0)) * scale),
+            notes.append(f'the variance of random term "{t.name}" is estimated at zero (a boundary estimate): the '
+                         "data show no spread between its levels beyond the other terms; its interval starts at 0.")
+        vc_rows.append({"component": t.name, "variance": _f(v * s2), "sd": _f(math.sqrt(max(v, 0)) * g["scale"]),
                         "ci": _ci_pivot(v * s2, boot["comp"][t.name] * s2, "log") if boot else None,
-                        "boundary": boundary,
-                        "levels": nlev[t.name], "method": "REML",
-                        "mom_variance": _f(mom[t.name] * s2) if t.name in mom else None})
-    vc_rows.append({"component": "Residual", "variance": _f(sigma2 * s2), "sd": _f(math.sqrt(sigma2) * scale)
-                    if df_res > 0 else None, "ci": _ci_pivot(sigma2 * s2, boot["sigma2"] * s2, "log") if boot else None,
-                    "boundary": False,
-                    "levels": None, "method": "REML" if reml_terms else "residual mean square", "mom_variance": None})
+                        "boundary": boundary, "levels": len(t.columns), "method": "REML",
+                        "mom_variance": _f(mom[t.name] * s2) if t.name in mom else None,
+                        "origin": random_info[j]["origin"]})
+    vc_rows.append({"component": "Residual", "variance": _f(sigma2 * s2),
+                    "sd": _f(math.sqrt(sigma2) * g["scale"]) if df_res > 0 else None,
+                    "ci": _ci_pivot(sigma2 * s2, boot["sigma2"] * s2, "log") if boot else None,
+                    "boundary": False, "levels": None, "method": "REML" if reml_terms else "residual mean square",
+                    "mom_variance": None, "origin": "residual"})
+    if df_res > 0 and sigma2 * s2 == 0.0 and sigma2 > 0:
+        notes.append("the variances are below the smallest representable number (the response is tiny); shares, "
+                     "tests and standard deviations are still exact.")
 
     share_rows: list[dict[str, Any]] = []
     if df_res > 0:
-        parts: list[tuple[str, str, float]] = []
-        for t in estimable_fixed:
-            parts.append((t.name, "fixed", max(0.0, (float(ss[t.name][0]) - len(t.kept) * ms_res) / n)))
-        for j, t in enumerate(reml_terms):
-            parts.append((t.name, "random", float(comp[j])))
-        parts.append(("Residual", "residual", sigma2))
-        total_var = sum(p[2] for p in parts)
-        for name, kind, v in parts:
+        fp = fixed_parts(beta, V)
+        shares_src: list[tuple[str, str, float]] = [(t.name, "fixed", fp[t.name]) for t in estimable_fixed]
+        shares_src += [(t.name, "random", float(comp[j])) for j, t in enumerate(reml_terms)]
+        shares_src.append(("Residual", "residual", sigma2))
+        total_var = sum(p[2] for p in shares_src)
+        for name, kind, v in shares_src:
             share_rows.append({"source": name, "kind": kind, "variance": _f(v * s2), "share": _f(v / total_var),
-                               "ci": _ci_pivot(v / total_var, boot["share"][name], "logit") if boot else None})
+                               "ci": _ci_pivot(v / total_var, boot["share"].get(name), "logit") if boot else None})
 
     result = AnalysisResult(
         response=prep.response, transform=prep.transform, n=prep.n, n_total=len(prep.everything), ss_type=ss_type,
@@ -440,44 +562,34 @@ def analyze(
         diagnostics={}, rank_based=[], aliases=prep.aliases,
         bootstrap={"replicates": int(bootstrap) if boot else 0, "seed": seed, "method": "parametric",
                    "failed_refits": boot["failed"] if boot else 0},
-        notes=notes, warnings=[], prepared=prep)
+        notes=notes, warnings=[], prepared=prep, model=model_info)
     if boot is None and bootstrap and df_res > 0:
         result.notes.append("bootstrap intervals could not be computed.")
 
-    # Fitted values of the ANOVA model for diagnostics and plots.
-    fitted_z = _fitted(eng, model_cols, gcodes, row_group)
-    residuals = (prep.data["_y"].to_numpy(float) - centre) / scale - fitted_z
-    extras.add_diagnostics(result, prep, residuals * scale, df_res)
+    z = (prep.data["_y"].to_numpy(float) - g["centre"]) / g["scale"]
+    residuals = z - eng.fitted(model_cols)[g["row_group"]]
+    add_diagnostics(result, prep, residuals * g["scale"], df_res)
     # Spread is judged on residuals from the fixed effects alone, so it includes the seed streams.
-    fixed_resid = (prep.data["_y"].to_numpy(float) - centre) / scale - _fitted(eng, fixed_cols, gcodes, row_group)
-    extras.add_spread(result, prep, fixed_resid * scale, spread_factors, seed=seed)
+    fixed_resid = z - eng.fitted(fixed_cols)[g["row_group"]]
+    add_spread(result, prep, fixed_resid * g["scale"], spread_factors, seed=seed)
     return result
 
 
-def _fitted(eng: Engine, cols: np.ndarray, gcodes: dict[str, np.ndarray], row_group: np.ndarray) -> np.ndarray:
-    from scipy import linalg
-
-    Gs = eng.G[np.ix_(cols, cols)]
-    coef = linalg.solve(Gs, eng.c[cols], assume_a="pos")
-    return (eng.U[:, cols] @ coef)[row_group]
-
-
-def _bootstrap(eng: Engine, model: list[Term], ss_type: int, mixed, reml_terms: list[Term], beta, comp, sigma2: float,
-               theta, terms: list[Term], df_res: int, B: int, rng: np.random.Generator,
-               between: Mapping[str, str] = {}) -> dict[str, Any] | None:
+def _bootstrap(eng: Engine, mixed: Mixed, reml_terms: list[Term], beta: np.ndarray, comp: np.ndarray, sigma2: float,
+               theta: np.ndarray, B: int, rng: np.random.Generator, fixed_parts: Any) -> dict[str, Any] | None:
     """Parametric bootstrap on sufficient statistics.
 
     Simulate ``y* = X beta + sum Z_k u_k + e`` with ``u_k ~ N(0, sigma_k^2)`` and
     ``e ~ N(0, sigma^2)``: ``U'y*`` and ``y*'y*`` are drawn from their exact joint
-    distribution, then every statistic is recomputed from them.
+    distribution, then the REML fit and the shares are recomputed from them.
     """
     from scipy import linalg
 
     G = eng.G
     P = G.shape[0]
-    w, V = linalg.eigh(G)
+    w, Vecs = linalg.eigh(G)
     keep = w > 1e-10 * w.max()
-    root = V[:, keep] * np.sqrt(w[keep])
+    root = Vecs[:, keep] * np.sqrt(w[keep])
     rank = int(keep.sum())
     n = eng.n
     mean_b = np.zeros(P)
@@ -490,37 +602,25 @@ def _bootstrap(eng: Engine, model: list[Term], ss_type: int, mixed, reml_terms: 
     ee = sigma2 * (np.sum(zq * zq, axis=0) + (rng.chisquare(n - rank, size=B) if n > rank else 0.0))
     c = G @ b + eps
     yy = np.einsum("ij,ij->j", b, G @ b) + 2 * np.einsum("ij,ij->j", b, eps) + ee
-    ss, rss = eng.sums_of_squares(model, ss_type, c, yy)
-    if between:
-        ss_fixed, _ = eng.sums_of_squares([t for t in model if t.kind != "random"], ss_type, c, yy)
-        ss.update({k: ss_fixed[k] for k in between})
-    ss_total = yy - c[0] ** 2 / n
-    ms_res = rss / df_res
-    out: dict[str, Any] = {"eta": {}, "peta": {}, "omega": {}, "comp": {}, "share": {}, "failed": 0}
-    for t in terms:
-        s = ss[t.name]
-        out["eta"][t.name] = s / ss_total
-        out["peta"][t.name] = s / (s + rss)
-        out["omega"][t.name] = (s - len(t.kept) * ms_res) / (ss_total + ms_res)
-    comps = np.zeros((len(reml_terms), B))
-    sig = np.array(ms_res, float)
-    if reml_terms:
-        idx = np.concatenate([mixed.z, mixed.x])
-        for r in range(B):
-            try:
-                v, s2r, _, _ = mixed.fit(c[idx, r], float(yy[r]), start=theta, quick=True)
-                comps[:, r], sig[r] = v, s2r
-            except Exception:  # a refit that fails is counted and reported, never silently used
-                comps[:, r], sig[r] = np.nan, np.nan
-                out["failed"] += 1
-    out["sigma2"] = sig
-    fixed_terms = [t for t in terms if t.kind == "fixed"]
-    parts = {t.name: np.maximum(0.0, (ss[t.name] - len(t.kept) * ms_res) / n) for t in fixed_terms}
-    for j, t in enumerate(reml_terms):
-        out["comp"][t.name] = comps[j]
-        parts[t.name] = comps[j]
-    parts["Residual"] = sig
-    total = sum(parts.values())
-    for k, v in parts.items():
-        out["share"][k] = v / total
+    out: dict[str, Any] = {"comp": {t.name: np.full(B, np.nan) for t in reml_terms}, "share": {},
+                           "sigma2": np.full(B, np.nan), "failed": 0}
+    shares: dict[str, np.ndarray] = {}
+    scale = mixed.curvature_scale(theta) if len(theta) else None
+    start = np.maximum(theta, 0.5 * scale) if len(theta) else None
+    for r in range(B):
+        cr, yr = c[mixed.idx, r], float(yy[r])
+        try:
+            v, s2r, br, th = mixed.fit(cr, yr, start=start, quick=True, scale=scale)
+            Txx = mixed.evaluate(th, cr, yr)["Txx"]
+        except Exception:  # a refit that fails is counted and reported, never silently used
+            out["failed"] += 1
+            continue
+        fp = fixed_parts(br, s2r * Txx)
+        total = sum(fp.values()) + float(np.sum(v)) + s2r
+        for j, t in enumerate(reml_terms):
+            out["comp"][t.name][r] = v[j]
+        out["sigma2"][r] = s2r
+        for name, val in list(fp.items()) + [(t.name, v[j]) for j, t in enumerate(reml_terms)] + [("Residual", s2r)]:
+            shares.setdefault(name, np.full(B, np.nan))[r] = val / total
+    out["share"] = shares
     return out

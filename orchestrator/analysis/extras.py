@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from orchestrator.analysis._prepare import Prepared, level_label
+from orchestrator.analysis._engine import Engine
+from orchestrator.analysis._prepare import Prepared, _levels, group, level_label, term_tuple
 
 if TYPE_CHECKING:
     from orchestrator.analysis.core import AnalysisResult
@@ -59,13 +60,15 @@ def exact_test(table: np.ndarray, seed: int = 0) -> dict[str, Any]:
 
 def _rates(frame: pd.DataFrame, by: list[str], seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     g = frame.groupby(by, sort=False, observed=True)
-    agg = g.agg(n=("_failed", "size"), failed=("_failed", "sum"), diverged=("_diverged", "sum")).reset_index()
+    agg = g.agg(n=("_failed", "size"), failed=("_failed", "sum"), diverged=("_diverged", "sum"),
+                missing=("_missing", "sum")).reset_index()
     rows = []
     for _, r in agg.iterrows():
         n = int(r["n"])
         row = {f: level_label(r[f]) for f in by}
-        row.update({"n": n, "failed": int(r["failed"]), "diverged": int(r["diverged"]),
-                    "failure_rate": r["failed"] / n, "divergence_rate": r["diverged"] / n})
+        row.update({"n": n, "failed": int(r["failed"]), "diverged": int(r["diverged"]), "missing": int(r["missing"]),
+                    "failure_rate": r["failed"] / n, "divergence_rate": r["diverged"] / n,
+                    "missing_rate": r["missing"] / n})
         rows.append(row)
     tests = {}
     for kind in ("failed", "diverged"):
@@ -75,14 +78,20 @@ def _rates(frame: pd.DataFrame, by: list[str], seed: int) -> tuple[list[dict[str
 
 
 def failure_analysis(prep: Prepared, seed: int = 0) -> dict[str, Any]:
-    """Failure (state != FINISHED) and divergence rates per level of each fixed factor and per cell."""
+    """Failure (state != FINISHED), divergence and missing-response rates per level of each fixed factor and per cell.
+
+    A missing response (no value or NaN) is its own outcome: counted and reported, never
+    tested as divergence.
+    """
     ev = prep.everything
     out: dict[str, Any] = {
         "n_total": len(ev), "failed": int(ev["_failed"].sum()), "diverged": int(ev["_diverged"].sum()),
-        "policy": "failed and diverged trials are excluded from the response analysis and analysed here",
+        "missing": int(ev["_missing"].sum()),
+        "policy": "failed, diverged and missing-response trials are excluded from the response analysis and counted "
+                  "here; failure and divergence rates are tested, a missing response is not divergence",
         "by_factor": {}, "by_cell": [], "cell_tests": {},
     }
-    if not len(ev) or (out["failed"] == 0 and out["diverged"] == 0):
+    if not len(ev) or (out["failed"] == 0 and out["diverged"] == 0 and out["missing"] == 0):
         return out
     factors = [f for f in prep.declared_fixed if ev[f].nunique() > 1]
     for f in factors:
@@ -95,15 +104,13 @@ def failure_analysis(prep: Prepared, seed: int = 0) -> dict[str, Any]:
 
 def _rank_anova(prep: Prepared, ss_type: int) -> list[dict[str, Any]]:
     """Rank-transform ANOVA (Conover & Iman): the same model on the ranks of the response."""
-    from orchestrator.analysis._engine import Engine
-    from orchestrator.analysis.core import _group
-
     ranked = Prepared(**{**prep.__dict__})
     ranked.data = prep.data.copy()
     ranked.data["_y"] = stats.rankdata(prep.data["_y"].to_numpy())
-    factors = prep.fixed + prep.random
-    gcodes, nlev, counts, sums, sumsq, _, _, _ = _group(ranked, factors)
-    eng = Engine(gcodes, nlev, prep.terms, prep.random, counts, sums, sumsq)
+    rterms = [term_tuple(r) for r in prep.random]
+    factors = list(dict.fromkeys(prep.fixed + [p for r in rterms for p in r]))
+    gcodes, nlev, counts, sums, sumsq, _, _, _ = group(ranked, factors)
+    eng = Engine(gcodes, nlev, prep.terms, rterms, counts, sums, sumsq)
     model = [t for t in eng.terms if t.kind == "intercept" or len(t.kept)]
     ss, rss = eng.sums_of_squares(model, ss_type)
     df_res = int(round(eng.n)) - len(eng.columns(model))
@@ -175,20 +182,17 @@ def add_diagnostics(result: "AnalysisResult", prep: Prepared, residuals: np.ndar
 
 def _components_within(prep: Prepared, factor: str, level: Any) -> dict[str, float | None]:
     """REML variance components among the trials at one level of ``factor``."""
-    from orchestrator.analysis._engine import Engine
-    from orchestrator.analysis._prepare import _levels
-    from orchestrator.analysis.core import _group
-
     sub = Prepared(**{**prep.__dict__})
     sub.data = prep.data.loc[prep.data[factor] == level]
-    sub.levels = {f: _levels(sub.data[f]) for f in prep.fixed + prep.random}
+    mains = [r for r in prep.random if ":" not in r]
+    sub.levels = {f: _levels(sub.data[f]) for f in prep.fixed + mains}
     sub.fixed = [f for f in prep.fixed if f != factor and len(sub.levels[f]) > 1]
-    sub.random = [f for f in prep.random if 1 < len(sub.levels[f]) < len(sub.data)]
+    sub.random = [f for f in mains if 1 < len(sub.levels[f]) < len(sub.data)]
     sub.terms = [t for t in prep.terms if set(t) <= set(sub.fixed)]
     if len(sub.data) < 3 or float(np.ptp(sub.data["_y"].to_numpy())) == 0:
         return {}
-    gcodes, nlev, counts, sums, sumsq, _, _, scale = _group(sub, sub.fixed + sub.random)
-    eng = Engine(gcodes, nlev, sub.terms, sub.random, counts, sums, sumsq)
+    gcodes, nlev, counts, sums, sumsq, _, _, scale = group(sub, sub.fixed + sub.random)
+    eng = Engine(gcodes, nlev, sub.terms, [(r,) for r in sub.random], counts, sums, sumsq)
     rterms = [t for t in eng.terms if t.kind == "random" and len(t.kept)]
     fixed_terms = [t for t in eng.terms if t.kind != "random"]
     if int(eng.n) - len(eng.columns(fixed_terms + rterms)) <= 0:
@@ -224,13 +228,15 @@ def add_spread(result: "AnalysisResult", prep: Prepared, residuals: np.ndarray, 
                 row["components"] = _components_within(prep, f, lv)
             levels.append(row)
         entry: dict[str, Any] = {"factor": f, "levels": levels}
-        usable = [g for g in groups if len(g) >= 2]
+        # Brown-Forsythe is degenerate on groups of 2 (|x - median| is equal within them): 3 or more only
+        usable = [g for g in groups if len(g) >= 3]
         if len(usable) >= 2 and any(np.ptp(g) > tol for g in usable):
             bf = stats.levene(*usable, center="median")
             lev = stats.levene(*usable, center="mean")
             entry["brown_forsythe"] = {"statistic": _f(bf.statistic), "p": _f(bf.pvalue)}
             entry["levene"] = {"statistic": _f(lev.statistic), "p": _f(lev.pvalue)}
             sds = [r["residual_sd"] for r in levels if r["residual_sd"] is not None]
+            entry["groups_tested"] = len(usable)
             if bf.pvalue < 0.05 and min(sds) > 0:
                 lo = min(levels, key=lambda r: r["residual_sd"] or np.inf)
                 hi = max(levels, key=lambda r: r["residual_sd"] or -np.inf)
