@@ -398,7 +398,12 @@ class Mixed:
 
     def _polish(self, theta: np.ndarray, c: np.ndarray, yy: float, steps: int = 20) -> np.ndarray:
         """Newton steps on ``log theta`` of the interior components (finite-difference Hessian of the analytic gradient)."""
-        theta = theta.copy()
+        try:
+            return self._newton(theta.copy(), c, yy, steps)
+        except linalg.LinAlgError:
+            return theta
+
+    def _newton(self, theta: np.ndarray, c: np.ndarray, yy: float, steps: int) -> np.ndarray:
         for _ in range(steps):
             act = np.flatnonzero(theta > 0)
             if len(act) == 0:

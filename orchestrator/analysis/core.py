@@ -367,7 +367,8 @@ def analyze(
             random_names = list(prep.random) + accepted
             eng, g = _build(prep, random_names)
         candidates = accepted
-    s2 = g["scale"] ** 2
+    with np.errstate(over="ignore", under="ignore"):
+        s2 = float(np.float64(g["scale"]) ** 2)  # inf or 0 for responses near 1e300 or 1e-300: variances say so
     n = eng.n
 
     # Estimability: fixed terms in order (lower order first), then random terms.
@@ -437,7 +438,13 @@ def analyze(
         if reml_terms:
             mom, s2_mom = eng.moments(reml_terms, fixed_cols)
             start = np.sqrt(np.maximum([mom[t.name] for t in reml_terms], 0.0) / max(s2_mom, 1e-300))
-        comp, sigma2, beta, theta = mixed.fit(start=start)
+        try:
+            comp, sigma2, beta, theta = mixed.fit(start=start)
+        except np.linalg.LinAlgError:
+            raise AnalysisError(f"the mixed model cannot be fitted: {prep.response} is fitted exactly by the terms "
+                                f"{', '.join(t.name for t in model[1:])} (no residual variance left). Expected noise "
+                                "between replicates; drop a random term (--seed-interactions none) or lower "
+                                "--interactions.") from None
     else:
         comp, sigma2, beta, theta = np.zeros(len(reml_terms)), float("nan"), None, np.zeros(len(reml_terms))
     if reml_terms:
@@ -540,9 +547,10 @@ def analyze(
                     "ci": _ci_pivot(sigma2 * s2, boot["sigma2"] * s2, "log") if boot else None,
                     "boundary": False, "levels": None, "method": "REML" if reml_terms else "residual mean square",
                     "mom_variance": None, "origin": "residual"})
-    if df_res > 0 and sigma2 * s2 == 0.0 and sigma2 > 0:
-        notes.append("the variances are below the smallest representable number (the response is tiny); shares, "
-                     "tests and standard deviations are still exact.")
+    if df_res > 0 and sigma2 > 0 and not (0.0 < sigma2 * s2 < math.inf):
+        notes.append("the variances of this response are outside the range of floating-point numbers (the response "
+                     "is near 1e-300 or 1e300), so they are reported as null; shares, tests and standard deviations "
+                     "are computed on the standardised response and are exact.")
 
     share_rows: list[dict[str, Any]] = []
     if df_res > 0:
@@ -568,7 +576,7 @@ def analyze(
 
     z = (prep.data["_y"].to_numpy(float) - g["centre"]) / g["scale"]
     residuals = z - eng.fitted(model_cols)[g["row_group"]]
-    add_diagnostics(result, prep, residuals * g["scale"], df_res)
+    add_diagnostics(result, prep, residuals, df_res)  # scale-free tests on standardised residuals
     # Spread is judged on residuals from the fixed effects alone, so it includes the seed streams.
     fixed_resid = z - eng.fitted(fixed_cols)[g["row_group"]]
     add_spread(result, prep, fixed_resid * g["scale"], spread_factors, seed=seed)

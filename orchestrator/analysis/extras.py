@@ -28,6 +28,12 @@ def _f(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _sd(x: np.ndarray) -> float:
+    """Sample SD without overflow or underflow for values near 1e300 or 1e-300."""
+    big = float(np.max(np.abs(x))) if len(x) else 0.0
+    return float(np.std(x / big, ddof=1) * big) if big > 0 else 0.0
+
+
 def exact_test(table: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Exact test of equal event rates across the rows of a k x 2 table (events, non-events).
 
@@ -223,7 +229,7 @@ def add_spread(result: "AnalysisResult", prep: Prepared, residuals: np.ndarray, 
             g = res[prep.data[f] == lv].to_numpy()
             groups.append(g)
             row: dict[str, Any] = {"level": level_label(lv), "n": len(g),
-                                   "residual_sd": _f(np.std(g, ddof=1)) if len(g) > 1 else None}
+                                   "residual_sd": _f(_sd(g)) if len(g) > 1 else None}
             if f in spread_by and prep.random:
                 row["components"] = _components_within(prep, f, lv)
             levels.append(row)
@@ -237,7 +243,7 @@ def add_spread(result: "AnalysisResult", prep: Prepared, residuals: np.ndarray, 
             entry["levene"] = {"statistic": _f(lev.statistic), "p": _f(lev.pvalue)}
             sds = [r["residual_sd"] for r in levels if r["residual_sd"] is not None]
             entry["groups_tested"] = len(usable)
-            if bf.pvalue < 0.05 and min(sds) > 0:
+            if bf.pvalue < 0.05 and len(sds) == len(levels) and min(sds) > 0:
                 lo = min(levels, key=lambda r: r["residual_sd"] or np.inf)
                 hi = max(levels, key=lambda r: r["residual_sd"] or -np.inf)
                 result.notes.append(

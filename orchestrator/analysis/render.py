@@ -57,17 +57,24 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
                       fmt_ci(r["ci"], pct=True), bar)
         con.print(t)
 
+    random_terms = (result.model or {}).get("random_terms") or []
+    if random_terms:
+        shown = ", ".join(r["term"] + (" (seed x factor, default)" if r["origin"] != "given" else "") for r in random_terms)
+        con.print(f"Random terms in the model: {shown}")
+    if (result.model or {}).get("tests"):
+        con.print(f"Fixed-effect tests: {result.model['tests']}")
     if result.anova:
         t = Table(title="ANOVA", title_justify="left")
-        for c in ("term", "df", "sum_sq", "mean_sq", "F", "p", "eta2", "partial eta2", "omega2 [95% CI]"):
-            t.add_column(c, justify="left" if c == "term" else "right")
+        for c in ("term", "df", "den df", "sum_sq", "mean_sq", "F", "p", "error term", "eta2", "partial eta2", "omega2"):
+            t.add_column(c, justify="left" if c in ("term", "error term") else "right")
         for r in result.anova:
             name = r["term"] + (" (random)" if r["kind"] == "random" else "")
             if r.get("aliases"):
                 name += " = " + " = ".join(r["aliases"])
-            om = "-" if r["omega_sq"] is None else f"{fmt(r['omega_sq'], 2)} {fmt_ci(r['omega_sq_ci'], digits=2)}"
-            t.add_row(name, str(r["df"]), fmt(r["sum_sq"]), fmt(r["mean_sq"]), fmt(r["F"]), fmt_p(r["p"]),
-                      fmt(r["eta_sq"], 3), fmt(r["partial_eta_sq"], 3), om)
+            den = r.get("den_df")
+            den_s = "-" if den is None else (str(int(round(den))) if abs(den - round(den)) < 1e-6 else f"{den:.2f}")
+            t.add_row(name, str(r["df"]), den_s, fmt(r["sum_sq"]), fmt(r["mean_sq"]), fmt(r["F"]), fmt_p(r["p"]),
+                      r.get("error_term") or "-", fmt(r["eta_sq"], 3), fmt(r["partial_eta_sq"], 3), fmt(r["omega_sq"], 2))
         con.print(t)
 
     if result.variance_components:
@@ -103,15 +110,15 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
                       f"Levene p={fmt_p(s['levene']['p'])}")
 
     fail = result.failures
-    if fail.get("failed") or fail.get("diverged"):
+    if fail.get("failed") or fail.get("diverged") or fail.get("missing"):
         t = Table(title=f"Failures and divergence ({fail['policy']})", title_justify="left")
-        for c in ("factor", "level", "n", "failed", "diverged", "divergence %", "test p (diverged)"):
+        for c in ("factor", "level", "n", "failed", "diverged", "missing", "divergence %", "test p (diverged)"):
             t.add_column(c, justify="left" if c in ("factor", "level") else "right")
         for f, info in fail["by_factor"].items():
             p = info["tests"]["diverged"].get("p")
             for i, lv in enumerate(info["levels"]):
                 t.add_row(f if i == 0 else "", lv[f], str(lv["n"]), str(lv["failed"]), str(lv["diverged"]),
-                          f"{100 * lv['divergence_rate']:.1f}", fmt_p(p) if i == 0 else "")
+                          str(lv.get("missing", 0)), f"{100 * lv['divergence_rate']:.1f}", fmt_p(p) if i == 0 else "")
         con.print(t)
 
     if result.diagnostics.get("assumptions_violated") and result.rank_based:

@@ -174,12 +174,18 @@ def _sections(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[
                     ["Definition: " + SHARES_DEFINITION]))
     if result.anova:
         ss = "II" if result.ss_type == 2 else "III"
-        out.append((f"ANOVA (Type {ss} sums of squares)", ["term", "df", "sum_sq", "mean_sq", "F", "p", "eta2",
-                                                          "partial eta2", "omega2", "omega2 95% CI"],
+        terms = ", ".join(r["term"] for r in (result.model or {}).get("random_terms", []))
+        paras = [result.ss_type_reason]
+        if terms:
+            paras.append(f"Random terms in the model: {terms}.")
+        if (result.model or {}).get("tests"):
+            paras.append(f"Fixed-effect tests: {result.model['tests']}.")
+        out.append((f"ANOVA (Type {ss} sums of squares)", ["term", "df", "den df", "sum_sq", "mean_sq", "F", "p",
+                                                          "error term", "eta2", "partial eta2", "omega2"],
                     [[r["term"] + (" = " + " = ".join(r["aliases"]) if r.get("aliases") else ""), str(r["df"]),
-                      fmt(r["sum_sq"]), fmt(r["mean_sq"]), fmt(r["F"]), fmt_p(r["p"]), fmt(r["eta_sq"], 3),
-                      fmt(r["partial_eta_sq"], 3), fmt(r["omega_sq"], 3), fmt_ci(r["omega_sq_ci"])]
-                     for r in result.anova], [result.ss_type_reason]))
+                      fmt(r.get("den_df")), fmt(r["sum_sq"]), fmt(r["mean_sq"]), fmt(r["F"]), fmt_p(r["p"]),
+                      r.get("error_term") or "-", fmt(r["eta_sq"], 3), fmt(r["partial_eta_sq"], 3),
+                      fmt(r["omega_sq"], 3)] for r in result.anova], paras))
     if result.variance_components:
         out.append(("Variance components", ["component", "variance", "sd", "95% CI", "method of moments", "boundary"],
                     [[r["component"], fmt(r["variance"]), fmt(r["sd"]), fmt_ci(r["ci"]), fmt(r["mom_variance"]),
@@ -192,7 +198,7 @@ def _sections(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[
                         f"Levene p = {fmt_p(s['levene']['p'])}.")
         out.append((f"Spread by level of {s['factor']}", ["level", "n", "residual SD"], rows, para))
     fail = result.failures
-    if fail.get("failed") or fail.get("diverged"):
+    if fail.get("failed") or fail.get("diverged") or fail.get("missing"):
         rows = []
         for f, info in fail["by_factor"].items():
             for lv in info["levels"]:
