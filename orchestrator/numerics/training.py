@@ -42,6 +42,7 @@ from ..errors import TrialDiverged
 from .audit import audit_config
 from .models import initialise, make_model
 from .optimizers import FirstOrder, LevenbergMarquardt, OptimizerError, make_optimizer
+from .parallel import DataParallel, DataParallelError
 from .precision import LossScaler, Precision, dtype_name, hardware
 from .reduction import Reducer, per_example_contributions
 
@@ -130,6 +131,25 @@ class Trainer:
         self.steps = 0
         self.output_dtype: torch.dtype | None = None
         self.bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self.parallel = kit.parallel
+        if self.parallel.active:
+            self._check_parallel()
+
+    def _check_parallel(self) -> None:
+        dp = self.parallel
+        problems = []
+        if not isinstance(self.optimizer, FirstOrder):
+            problems.append(
+                f"optimizer {self.optimizer_name!r} is a full-batch method (line search or a damped Gauss-Newton solve) and runs "
+                "only with world_size 1 and grad_accumulation 1; use a first-order optimizer (sgd, momentum, adam, ...)"
+            )
+        if self.bn:
+            problems.append(
+                "batch normalization normalizes over the examples of a batch, so splitting the batch across workers or "
+                "micro-batches changes the mathematics, not only the order of accumulation; use a model without _bn"
+            )
+        if problems:
+            raise DataParallelError(f"world_size {dp.world_size} x grad_accumulation {dp.grad_accumulation}: " + "; ".join(problems) + ".")
 
     @property
     def converged(self) -> bool:
@@ -140,8 +160,10 @@ class Trainer:
     def _weight(self, n: int) -> float:
         return 1.0 / n if self.loss_reduction == "mean" else 1.0
 
-    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool]:
-        """Fill ``p.grad`` (unscaled); return (loss, all gradients finite)."""
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor, share: float = 1.0) -> tuple[float, bool]:
+        """Fill ``p.grad`` (unscaled) with the gradient of ``share`` x the batch loss; return
+        (``share`` x loss, all gradients finite). ``share`` is a power of two under data
+        parallelism (1 / micro-batches of a mean loss), so it scales exactly."""
         params = list(self.model.parameters())
         self.model.train()
         scale = self.scaler.scale
@@ -153,16 +175,18 @@ class Trainer:
             self.output_dtype = out.dtype
             losses = self.loss_fn(out.float() if self.precision.autocast_dtype else out, y)
             loss = losses.mean() if self.loss_reduction == "mean" else losses.sum()
+            if share != 1.0:
+                loss = loss * share
             (loss * scale if scale != 1.0 else loss).backward()
             loss_value = float(loss.detach())
         else:
             n = x.shape[0]
             losses, grads = per_example_contributions(
-                self.model, self.loss_fn, x, y, weight=self._weight(n) * scale, autocast=self.precision.autocast if self.precision.autocast_dtype else None
+                self.model, self.loss_fn, x, y, weight=self._weight(n) * scale * share, autocast=self.precision.autocast if self.precision.autocast_dtype else None
             )
             names = [name for name, _ in self.model.named_parameters()]
             dtype = grads[names[0]].dtype
-            summed = self.reducer.sum_many([(losses * self._weight(n)).to(dtype)] + [grads[k] for k in names])
+            summed = self.reducer.sum_many([(losses * (self._weight(n) * share)).to(dtype)] + [grads[k] for k in names])
             loss_value = float(summed[0])
             for p, g in zip(params, summed[1:]):
                 p.grad = g.to(p.dtype)
@@ -174,6 +198,35 @@ class Trainer:
         finite = self.scaler.unscale_(grads) if self.scaler.enabled else True
         self.grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))) if finite else math.inf
         return loss_value, finite
+
+    def _parallel_gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, bool]:
+        """The global batch ``(x, y)`` split across the workers and micro-batches: each
+        micro-batch's gradient (in this trial's order), added in the accumulator dtype, then
+        all-reduced in it; ``p.grad`` is the sum rounded once to the parameter dtype."""
+        dp = self.parallel
+        params = list(self.model.parameters())
+        accumulator = self.reducer.accumulator_dtype
+        share = 1.0 / dp.parts if self.loss_reduction == "mean" else 1.0
+        total: torch.Tensor | None = None
+        loss_sum, finite = 0.0, True
+        for xm, ym in dp.micro_batches(x, y):
+            loss_m, finite_m = self._gradients(xm, ym, share=share)
+            finite = finite and finite_m
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(accumulator) for p in params])
+            total = flat.clone() if total is None else total.add_(flat)
+            loss_sum += loss_m
+        if total is None:  # pragma: no cover - micro_batches returns at least one part
+            raise DataParallelError("no micro-batch to compute a gradient on")
+        dp.collective.all_reduce_([total], dp.allreduce)
+        loss_t = torch.tensor([loss_sum], dtype=torch.float64, device=total.device)
+        dp.collective.all_reduce_([loss_t])
+        finite = dp.collective.all_true(finite)
+        start = 0
+        for p in params:
+            p.grad = total[start : start + p.numel()].reshape(p.shape).to(p.dtype)
+            start += p.numel()
+        self.grad_norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))) if finite else math.inf
+        return float(loss_t[0]), finite
 
     def _residual_fn(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         shapes = [(name, p.shape, p.numel()) for name, p in self.model.named_parameters()]
@@ -201,7 +254,7 @@ class Trainer:
             self.grad_norm = self.optimizer.last_grad_norm * weight
             return float(self.evaluate(x, y))
         if isinstance(self.optimizer, FirstOrder):
-            loss, finite = self._gradients(x, y)
+            loss, finite = self._parallel_gradients(x, y) if self.parallel.active else self._gradients(x, y)
             if finite:
                 self.optimizer.apply()
             self.scaler.update(finite)
@@ -280,6 +333,8 @@ class Kit:
         self.ctx = ctx
         self.precision = Precision.from_context(ctx)
         self.reducer = Reducer.from_context(ctx, self.precision.param_dtype)
+        self.parallel = DataParallel.from_config(ctx.config)
+        self.parallel.record(ctx)
         self.guard = DivergenceGuard(float(ctx.get("blowup", 1e6)))
         findings = audit_config(ctx.config)
         ctx.record("audit", [f.to_dict() for f in findings])
