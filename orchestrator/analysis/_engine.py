@@ -111,6 +111,38 @@ def _independent(S: np.ndarray, order: np.ndarray, kept: np.ndarray | None = Non
     return np.array(out, dtype=int)
 
 
+def combine_codes(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of integer code columns: (the distinct rows, the index of each row's one).
+
+    Codes are folded into one integer (mixed radix) so the sort is one-dimensional: ``np.unique``
+    on rows (``axis=0``) sorts structured records and is several times slower.
+    """
+    stacked = np.stack(columns, axis=1).astype(np.int64)
+    radix = stacked.max(axis=0) + 1
+    if float(np.prod(radix.astype(float))) < 2**62:
+        mult = np.concatenate([np.cumprod(radix[::-1])[::-1][1:], [1]]).astype(np.int64)
+        key = stacked @ mult
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        return stacked[first], inv.ravel()
+    uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
+    return uniq, inv.ravel()
+
+
+def basis(S: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Some linearly independent subset of ``cols`` spanning the same space (pivoted Cholesky)."""
+    cols = np.asarray(cols, int)
+    if len(cols) == 0:
+        return cols
+    sub = S[np.ix_(cols, cols)]
+    d = np.sqrt(np.clip(np.diag(sub), 0, None))
+    ok = d > 0
+    cols, sub, d = cols[ok], sub[np.ix_(ok, ok)], d[ok]
+    if len(cols) == 0:
+        return cols
+    _, piv, rank, _ = linalg.lapack.dpstrf(sub / np.outer(d, d), lower=1, tol=_TOL)
+    return np.sort(cols[piv[:rank] - 1])
+
+
 def group_trials(y: np.ndarray, codes: dict[str, np.ndarray]) -> dict[str, Any]:
     """Standardise the response and aggregate trials that share every level.
 
@@ -129,9 +161,10 @@ def group_trials(y: np.ndarray, codes: dict[str, np.ndarray]) -> dict[str, Any]:
     s1 = float(np.sqrt(np.mean((y1 - c1) ** 2))) or 1.0
     z = (y1 - c1) / s1
     names = list(codes)
-    stacked = np.stack([codes[f] for f in names], axis=1) if names else np.zeros((len(y), 0), np.int64)
-    uniq, row_group = np.unique(stacked, axis=0, return_inverse=True)
-    row_group = row_group.ravel()
+    if names:
+        uniq, row_group = combine_codes([codes[f] for f in names])
+    else:
+        uniq, row_group = np.zeros((1, 0), np.int64), np.zeros(len(y), np.int64)
     g = len(uniq)
     counts = np.bincount(row_group, minlength=g).astype(float)
     sums = np.bincount(row_group, weights=z, minlength=g)
@@ -174,9 +207,7 @@ class Engine:
         z_index: list[np.ndarray] = []
         q = 0
         for factors in random_terms:
-            stacked = np.stack([codes[f] for f in factors], axis=1)
-            _, inv = np.unique(stacked, axis=0, return_inverse=True)
-            inv = inv.ravel()
+            _, inv = combine_codes([codes[f] for f in factors])
             width = int(inv.max()) + 1
             z_index.append(inv + q)
             self.terms.append(Term(":".join(factors), tuple(factors), "random", np.arange(p + q, p + q + width)))

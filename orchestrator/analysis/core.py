@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from orchestrator.analysis import _inference as inf
-from orchestrator.analysis._engine import Engine, Mixed, Term, _independent
+from orchestrator.analysis._engine import Engine, Mixed, Term, _independent, basis
 from orchestrator.analysis._prepare import Prepared, SeedInteractions, group, level_label, prepare, term_tuple
 from orchestrator.analysis.errors import AnalysisError
 from orchestrator.analysis.extras import add_diagnostics, add_spread, failure_analysis
@@ -406,7 +406,7 @@ def analyze(
         if not others:
             continue
         earlier = [s for s in estimable_fixed if s is not t and not set(t.factors) <= set(s.factors)]
-        base = _independent(eng.G, np.concatenate([r.columns for r in others] + [s.kept for s in earlier]))
+        base = basis(eng.G, np.concatenate([r.columns for r in others] + [s.kept for s in earlier]))
         if len(_independent(eng.G, t.kept, base)) < len(t.kept):
             between[t.name] = ", ".join(r.name for r in others)
     model += reml_terms
