@@ -64,7 +64,7 @@ class TrialDiverged(Exception):
     ``diverged = 1`` and ``diverged_step``.
     """
 
-    def __init__(self, step: int, reason: str, metrics: dict | None = None):
+    def __init__(self, step: int, reason: str, metrics: dict[str, float] | None = None):
         self.step = int(step)
         self.reason = reason
         self.metrics = dict(metrics or {})

@@ -124,8 +124,8 @@ def print_plan(plan: "Plan") -> None:
     if plan.aliases:
         console.print(f"defining relation: I = {' = '.join(plan.defining_relation)}")
         aliases = Table("effect", "letters", "aliased with (up to two-factor interactions)", title="alias table")
-        for row in plan.aliases:
-            aliases.add_row(row.effect, row.letters, " = ".join(f"{n} ({l})" for n, l in zip(row.aliases, row.alias_letters)) or "(clear)")
+        for alias in plan.aliases:
+            aliases.add_row(alias.effect, alias.letters, " = ".join(f"{n} ({l})" for n, l in zip(alias.aliases, alias.alias_letters)) or "(clear)")
         console.print(aliases)
     for item in plan.excluded:
         console.print(f"excluded {item['cell_id']} {item['levels']}: {item['reason']}")

@@ -34,12 +34,21 @@ __all__ = [
 
 
 class _Spec:
-    """Base of the small declaration objects: keeps unknown keyword arguments for the validator."""
+    """Base of the small declaration objects: frozen once built; keeps unknown keyword
+    arguments so the study validator can report them all at once (with a suggestion)."""
 
     _fields: tuple[str, ...] = ()
+    unknown: dict[str, Any]
 
     def _take_unknown(self, unknown: Mapping[str, Any]) -> None:
-        self.unknown = dict(unknown)
+        """Called last by every ``__init__``: keeps the unknown arguments and freezes the object."""
+        object.__setattr__(self, "unknown", dict(unknown))
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"a {type(self).__name__} is frozen; build a new one instead of setting {key!r}")
+        object.__setattr__(self, key, value)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from dataclasses import dataclass, field
 
@@ -31,7 +31,7 @@ from ..errors import Problem, StudyError, did_you_mean
 from ..ids import canonical_json, content_hash
 from ..numerics.levels import LEVELLED_WORKLOADS, LEVELS
 from .workloads import check_reference
-from .designs import Fractional, FullFactorial, PlackettBurman, _Spec, check_design
+from .designs import DesignSpec, Fractional, FullFactorial, PlackettBurman, _Spec, check_design
 
 __all__ = [
     "Factor",
@@ -41,6 +41,9 @@ __all__ = [
     "Metric",
     "PlackettBurman",
     "Resources",
+    "RunOrder",
+    "SeedScope",
+    "StreamPolicy",
     "Study",
     "Variant",
     "STANDARD_STREAMS",
@@ -219,9 +222,51 @@ _STUDY_FIELDS = (
     "analysis",
 )
 _ANALYSIS_KEYS = ("metric", "log", "spread_by", "interactions")
-_RUN_ORDERS = ("randomized", "standard")
-_SEED_SCOPES = ("shared", "cell")
-_STREAM_POLICIES = ("replicate", "fixed")
+
+
+class RunOrder(enum.StrEnum):
+    """The order trials run in (``run_order=``)."""
+
+    RANDOMIZED = "randomized"
+    """Shuffled, seeded by the study seed (within blocks when ``block_by`` is set)."""
+    STANDARD = "standard"
+    """The design's own order (Yates order for two-level designs)."""
+
+    @property
+    def shuffles(self) -> bool:
+        """Whether the planner shuffles the trials."""
+        return self is RunOrder.RANDOMIZED
+
+
+class StreamPolicy(enum.StrEnum):
+    """How a seed stream draws its seeds (``seed_streams={name: policy}``); an int k crosses k seeds."""
+
+    REPLICATE = "replicate"
+    """A new seed for every replicate."""
+    FIXED = "fixed"
+    """One seed for the whole study."""
+
+    def seed_index(self, replicate: int) -> int:
+        """The stream's seed index for replicate ``replicate``."""
+        return replicate if self is StreamPolicy.REPLICATE else 0
+
+
+class SeedScope(enum.StrEnum):
+    """Whether cells share seeds (``seed_scope=``)."""
+
+    SHARED = "shared"
+    """Replicate r of every cell gets the same seeds (common random numbers)."""
+    CELL = "cell"
+    """Seeds are drawn independently per cell."""
+
+    def scope(self, cell_id: str, policy: "StreamPolicy | int") -> str | None:
+        """The cell a stream's seed is derived for (``None``: shared by every cell). A fixed stream is always shared."""
+        return cell_id if self is SeedScope.CELL and policy != StreamPolicy.FIXED else None
+
+
+_RUN_ORDERS = tuple(m.value for m in RunOrder)
+_SEED_SCOPES = tuple(m.value for m in SeedScope)
+_STREAM_POLICIES = tuple(m.value for m in StreamPolicy)
 
 
 class Study:
@@ -261,15 +306,43 @@ class Study:
 
     _frozen = False
 
-    def __init__(self, **fields: Any):
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        workload: str | None = None,
+        factors: Sequence[Factor] | Mapping[str, Sequence[Any]] | None = None,
+        params: Mapping[str, Any] | None = None,
+        replicates: int | None = None,
+        seed_streams: Mapping[str, StreamPolicy | str | int] | Sequence[str] | None = None,
+        seed_scope: SeedScope | str | None = None,
+        metrics: Sequence[Metric | str] | Mapping[str, Goal | str] | str | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
+        retries: int | None = None,
+        design: DesignSpec | None = None,
+        exclude: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        variants: Mapping[str, Variant] | None = None,
+        run_order: RunOrder | str | None = None,
+        block_by: str | None = None,
+        refuse_unrepresentable: bool | None = None,
+        analysis: Mapping[str, Any] | None = None,
+        **unknown: Any,
+    ):
+        given: dict[str, Any] = dict(
+            name=name, description=description, workload=workload, factors=factors, params=params, replicates=replicates,
+            seed_streams=seed_streams, seed_scope=seed_scope, metrics=metrics, resources=resources, retries=retries, design=design,
+            exclude=exclude, seed=seed, variants=variants, run_order=run_order, block_by=block_by,
+            refuse_unrepresentable=refuse_unrepresentable, analysis=analysis,
+        )
         problems: list[Problem] = []
-        for key in fields:
-            if key not in _STUDY_FIELDS:
-                problems.append(Problem(key, "a Study field", f"unknown field {key!r}", did_you_mean(key, _STUDY_FIELDS)))
-        values = {key: fields.get(key) for key in _STUDY_FIELDS}
+        for key in unknown:
+            problems.append(Problem(key, "a Study field", f"unknown field {key!r}", did_you_mean(key, _STUDY_FIELDS)))
+        values: dict[str, Any] = {key: given[key] for key in _STUDY_FIELDS}
         self.variant: str | None = None
         self.source_file: str | None = None
-        self._raw = {k: v for k, v in fields.items() if k in _STUDY_FIELDS}
+        self._raw: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         self._assign(values, problems)
         if problems:
             raise StudyError(problems, study=self.name if isinstance(self.name, str) else None)
@@ -298,9 +371,10 @@ class Study:
         self.params = self._params(v["params"], problems)
         self.replicates = self._positive_int("replicates", 1 if v["replicates"] is None else v["replicates"], problems)
         self.seed_streams = self._streams("seed_streams", v["seed_streams"], problems)
-        self.seed_scope = v["seed_scope"] or "shared"
-        if self.seed_scope not in _SEED_SCOPES:
-            problems.append(Problem("seed_scope", " or ".join(map(repr, _SEED_SCOPES)), _describe(self.seed_scope), did_you_mean(str(self.seed_scope), _SEED_SCOPES)))
+        scope = v["seed_scope"] or SeedScope.SHARED
+        self.seed_scope = SeedScope(scope) if scope in _SEED_SCOPES else SeedScope.SHARED
+        if scope not in _SEED_SCOPES:
+            problems.append(Problem("seed_scope", " or ".join(map(repr, _SEED_SCOPES)), _describe(scope), did_you_mean(str(scope), _SEED_SCOPES)))
         self.metrics = self._metrics(v["metrics"], problems)
         self.resources = self._resources(v["resources"], problems)
         self.retries = self._count("retries", 0 if v["retries"] is None else v["retries"], problems)
@@ -309,9 +383,10 @@ class Study:
         self.seed = 0 if v["seed"] is None else v["seed"]
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             problems.append(Problem("seed", "a non-negative integer", _describe(self.seed), "e.g. seed=20261126"))
-        self.run_order = v["run_order"] or "randomized"
-        if self.run_order not in _RUN_ORDERS:
-            problems.append(Problem("run_order", " or ".join(map(repr, _RUN_ORDERS)), _describe(self.run_order), did_you_mean(str(self.run_order), _RUN_ORDERS)))
+        order = v["run_order"] or RunOrder.RANDOMIZED
+        self.run_order = RunOrder(order) if order in _RUN_ORDERS else RunOrder.RANDOMIZED
+        if order not in _RUN_ORDERS:
+            problems.append(Problem("run_order", " or ".join(map(repr, _RUN_ORDERS)), _describe(order), did_you_mean(str(order), _RUN_ORDERS)))
         self.block_by = v["block_by"]
         names = [f.name for f in self.factors]
         if self.block_by is not None and self.block_by not in names:
@@ -373,7 +448,7 @@ class Study:
 
     def _nested(self, factor: Factor, where: str, before: list[Factor], problems: list[Problem]) -> None:
         parents = {f.name: f for f in before}
-        parent = parents.get(factor.nested_in)
+        parent = parents.get(factor.nested_in or "")
         if parent is None:
             problems.append(
                 Problem(f"{where}.nested_in", "a factor declared before this one", _describe(factor.nested_in), did_you_mean(str(factor.nested_in), parents))
@@ -427,15 +502,15 @@ class Study:
         return value
 
     @staticmethod
-    def _streams(field: str, raw: Any, problems: list[Problem]) -> dict[str, Any]:
+    def _streams(field: str, raw: Any, problems: list[Problem]) -> dict[str, StreamPolicy | int]:
         if raw is None:
-            return {s: "replicate" for s in STANDARD_STREAMS}
+            return {s: StreamPolicy.REPLICATE for s in STANDARD_STREAMS}
         if isinstance(raw, (list, tuple)):
-            raw = {s: "replicate" for s in raw}
+            raw = {s: StreamPolicy.REPLICATE for s in raw}
         if not isinstance(raw, Mapping) or not raw:
             problems.append(Problem(field, "a mapping stream -> 'replicate' | 'fixed' | int, or a list of stream names", _describe(raw)))
             return {}
-        streams: dict[str, Any] = {}
+        streams: dict[str, StreamPolicy | int] = {}
         for name, policy in raw.items():
             if not isinstance(name, str) or not _IDENT.match(name):
                 problems.append(Problem(f"{field}[{name!r}]", "a stream name (identifier)", _describe(name)))
@@ -445,7 +520,7 @@ class Study:
                 hint = did_you_mean(str(policy), _STREAM_POLICIES) if isinstance(policy, str) else "Use an integer >= 1 for a crossed stream."
                 problems.append(Problem(f"{field}[{name!r}]", "'replicate', 'fixed' or an integer >= 1", _describe(policy), hint))
                 continue
-            streams[name] = policy
+            streams[name] = policy if isinstance(policy, int) else StreamPolicy(policy)
         return streams
 
     @staticmethod
@@ -474,8 +549,7 @@ class Study:
             if goal not in goals:
                 problems.append(Problem(f"metrics[{metric.name!r}].goal", "'minimize' or 'maximize'", _describe(metric.goal), did_you_mean(str(goal), goals)))
                 continue
-            metric.goal = Goal(goal)
-            metrics.append(metric)
+            metrics.append(metric if isinstance(metric.goal, Goal) else Metric(metric.name, Goal(goal)))
         return tuple(metrics)
 
     @staticmethod
@@ -695,6 +769,14 @@ class Study:
         resolved._frozen = True
         return resolved
 
+    def with_params(self, overrides: Mapping[str, Any]) -> "Study":
+        """A new Study (same variant) whose fixed parameters are updated by ``overrides`` (this changes trial ids)."""
+        raw = dict(self._raw)
+        raw["params"] = {**(raw.get("params") or {}), **dict(overrides)}
+        resolved = Study(**raw)
+        object.__setattr__(resolved, "source_file", self.source_file)
+        return resolved.with_variant(self.variant)
+
     def to_dict(self) -> dict[str, Any]:
         """The study as JSON-like data (what its definition hash is computed from)."""
         return {
@@ -705,15 +787,15 @@ class Study:
             "factors": [f.to_dict() for f in self.factors],
             "params": self.params,
             "replicates": self.replicates,
-            "seed_streams": self.seed_streams,
-            "seed_scope": self.seed_scope,
+            "seed_streams": {name: policy if isinstance(policy, int) else policy.value for name, policy in self.seed_streams.items()},
+            "seed_scope": self.seed_scope.value,
             "metrics": [m.to_dict() for m in self.metrics],
             "resources": self.resources.to_dict(),
             "retries": self.retries,
             "design": self.design.to_dict(),
             "exclude": [{k: list(v) for k, v in rule.items()} for rule in self.exclude],
             "seed": self.seed,
-            "run_order": self.run_order,
+            "run_order": self.run_order.value,
             "block_by": self.block_by,
             "refuse_unrepresentable": self.refuse_unrepresentable,
             "analysis": self.analysis,

@@ -176,7 +176,7 @@ class Plan:
 def _full_factorial(study: "Study") -> list[dict[str, Any]]:
     cells: list[dict[str, Any]] = [{}]
     for factor in study.factors:
-        grown = []
+        grown: list[dict[str, Any]] = []
         for cell in cells:
             levels = factor.levels_under(cell[factor.nested_in]) if factor.nested_in else list(factor.levels)
             grown.extend({**cell, factor.name: level} for level in levels)
@@ -205,8 +205,8 @@ def _seed_combinations(study: "Study") -> list[dict[str, int]]:
         for indices in itertools.product(*(range(policy) for _, policy in crossed)):
             index = {name: 0 for name in study.seed_streams}
             for name, policy in study.seed_streams.items():
-                if policy == "replicate":
-                    index[name] = r
+                if not isinstance(policy, int):
+                    index[name] = policy.seed_index(r)
             index.update({name: i for (name, _), i in zip(crossed, indices)})
             combos.append(index)
     return combos
@@ -262,8 +262,8 @@ def make_plan(study: "Study") -> Plan:
             excluded.append({"cell_id": cid, "levels": levels, "reason": f"exclude[{rule}]"})
             continue
         if study.refuse_unrepresentable and cid in audit:
-            names = ", ".join(sorted({f["parameter"] for f in audit[cid]}))
-            excluded.append({"cell_id": cid, "levels": levels, "reason": f"refuse_unrepresentable: {names} change meaning in this precision"})
+            changed = ", ".join(sorted({f["parameter"] for f in audit[cid]}))
+            excluded.append({"cell_id": cid, "levels": levels, "reason": f"refuse_unrepresentable: {changed} change meaning in this precision"})
             continue
         if cid in seen:  # pragma: no cover - designs never repeat a row
             continue
@@ -277,7 +277,7 @@ def make_plan(study: "Study") -> Plan:
             seeds = {}
             for stream, i in index.items():
                 policy = study.seed_streams[stream]
-                scoped = cell.cell_id if study.seed_scope == "cell" and policy != "fixed" else None
+                scoped = study.seed_scope.scope(cell.cell_id, policy)
                 seeds[stream] = derive_seed(study.seed, stream, i, scoped)
             trials.append(
                 dict(
@@ -319,7 +319,7 @@ def _block(study: "Study", levels: Mapping[str, Any]) -> str | None:
 
 
 def _run_order(study: "Study", trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if study.run_order == "standard":
+    if not study.run_order.shuffles:
         return trials
     if study.block_by is None:
         shuffled = list(trials)

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..design.trial import Resources, Trial, TrialResult, TrialState
+from .worker import Batch
 
 __all__ = ["Curve", "Executor", "InProcessExecutor", "Outcome"]
 
-Curve = list  # [(step, {metric: value}, timestamp_ms), ...]
+Curve = Batch
+"""A trial's per-step metrics: ``[(step, {metric: value}, timestamp_ms), ...]``."""
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Executor(abc.ABC):
     driver's own thread); otherwise the first Ctrl-C stops submitting and cancels."""
 
     def __init__(self) -> None:
-        self.on_metrics: Callable[[Trial, list], None] = lambda trial, batch: None
+        self.on_metrics: Callable[[Trial, Batch], None] = lambda trial, batch: None
         self._in_flight: dict[str, tuple[Trial, int]] = {}
 
     @property
@@ -78,7 +80,7 @@ class Executor(abc.ABC):
         """Stop every attempt in flight; returns those trials with their attempt numbers."""
         return self._cancel()
 
-    def final_metrics(self) -> list[tuple[str, list]]:
+    def final_metrics(self) -> list[tuple[str, Batch]]:
         """Metric batches still on their way at the end of an execution, as ``(trial_id, batch)``."""
         return []
 
@@ -91,7 +93,7 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def _cancel(self) -> list[tuple[Trial, int]]: ...
 
-    def _live_metrics(self) -> list[tuple[str, list]]:
+    def _live_metrics(self) -> list[tuple[str, Batch]]:
         return []
 
     def close(self) -> None:

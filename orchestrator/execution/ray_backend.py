@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from ..design.trial import Resources, Trial, TrialResult
 from ..errors import OrchestratorError
 from .executor import Executor, Outcome
+from .worker import Batch
 
 __all__ = ["RayAddressError", "RayConnection", "RayExecutor", "RayRunner", "connect", "slots_for"]
 
@@ -79,7 +80,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> RayCo
     if ray.is_initialized():
         return RayConnection(address=None, started=False)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = {"logging_level": "WARNING", "log_to_driver": True}
+    quiet: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
     if address:
         _check_reachable(address)
         try:
@@ -119,12 +120,12 @@ class _MetricRelay:
     """Driver-side mailbox for live metric batches (a Ray actor with zero CPUs)."""
 
     def __init__(self) -> None:
-        self._items: list[tuple[str, list]] = []
+        self._items: list[tuple[str, Batch]] = []
 
-    def push(self, trial_id: str, batch: list) -> None:
+    def push(self, trial_id: str, batch: Batch) -> None:
         self._items.append((trial_id, batch))
 
-    def drain(self) -> list[tuple[str, list]]:
+    def drain(self) -> list[tuple[str, Batch]]:
         items, self._items = self._items, []
         return items
 
@@ -150,7 +151,7 @@ class RayRunner:
 
         self._ray = ray
         self._task = ray.remote(_run_trial)
-        self._relay = ray.remote(num_cpus=0)(_MetricRelay).remote()
+        self._relay: Any = ray.remote(num_cpus=0)(_MetricRelay).remote()
         self._flush_s = flush_s
         self._drain_ref: Any = None
         self._last_drain = 0.0
@@ -172,7 +173,7 @@ class RayRunner:
         if ready and rest:
             more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
-        out = []
+        out: list[tuple[Any, dict[str, Any] | None, str | None]] = []
         for ref in ready:
             try:
                 out.append((ref, self._ray.get(ref), None))
@@ -190,14 +191,14 @@ class RayRunner:
             except Exception:  # noqa: BLE001 - already finished
                 pass
 
-    def metrics(self) -> list[tuple[str, list]]:
+    def metrics(self) -> list[tuple[str, Batch]]:
         """Live metric batches that arrived since the last call (non-blocking)."""
         ray = self._ray
         if self._drain_ref is not None:
             ready, _ = ray.wait([self._drain_ref], timeout=0)
             if not ready:
                 return []
-            items = ray.get(self._drain_ref)
+            items: list[tuple[str, Batch]] = ray.get(self._drain_ref)
             self._drain_ref = None
         else:
             items = []
@@ -207,10 +208,10 @@ class RayRunner:
             self._last_drain = now
         return items
 
-    def final_metrics(self, wait_s: float = 2.0) -> list[tuple[str, list]]:
+    def final_metrics(self, wait_s: float = 2.0) -> list[tuple[str, Batch]]:
         """Everything still in the relay (at the end of an execution)."""
         ray = self._ray
-        items: list = []
+        items: list[tuple[str, Batch]] = []
         if self._drain_ref is not None:
             try:
                 items += ray.get(self._drain_ref, timeout=wait_s)
@@ -262,7 +263,7 @@ class RayExecutor(Executor):
         # enough queued beyond the free slots that Ray never waits on the driver
         return slots * 4 + 8
 
-    def final_metrics(self) -> list[tuple[str, list]]:
+    def final_metrics(self) -> list[tuple[str, Batch]]:
         return self._runner.final_metrics()
 
     def _submit(self, trial: Trial, attempt: int) -> None:
@@ -280,7 +281,7 @@ class RayExecutor(Executor):
             out.append(Outcome(trial, attempt, result, payload["curve"], payload["started_ms"], payload["last_step"], environment=payload.get("environment")))
         return out
 
-    def _live_metrics(self) -> list[tuple[str, list]]:
+    def _live_metrics(self) -> list[tuple[str, Batch]]:
         return self._runner.metrics()
 
     def _cancel(self) -> list[tuple[Trial, int]]:

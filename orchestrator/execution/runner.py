@@ -167,15 +167,7 @@ class _RichProgress(_Progress):
 
 
 def _with_overrides(study: "Study", overrides: Mapping[str, Any] | None) -> "Study":
-    if not overrides:
-        return study
-    from ..definition.study import Study
-
-    raw = dict(study._raw)
-    raw["params"] = {**(raw.get("params") or {}), **dict(overrides)}
-    resolved = Study(**raw)
-    object.__setattr__(resolved, "source_file", study.source_file)
-    return resolved.with_variant(study.variant)
+    return study.with_params(overrides) if overrides else study
 
 
 def run_study(

@@ -17,7 +17,12 @@ from ..design.trial import Trial, TrialResult, TrialState
 from ..errors import TrialDiverged, did_you_mean
 from .context import MetricSink, TrialContext
 
-__all__ = ["BatchingSink", "execute_trial", "resolve"]
+__all__ = ["Batch", "BatchingSink", "MetricPoint", "execute_trial", "resolve"]
+
+MetricPoint = tuple[int, dict[str, float], int]
+"""One logged point of a trial's curve: ``(step, {metric: value}, timestamp_ms)``."""
+Batch = list[MetricPoint]
+"""Points logged by one trial, in order (a live batch, or the rest of a curve)."""
 
 
 class BatchingSink:
@@ -27,10 +32,10 @@ class BatchingSink:
     result (:meth:`remaining`), so short trials cost no extra messages.
     """
 
-    def __init__(self, push: Callable[[str, list], None] | None, interval_s: float = 1.0):
+    def __init__(self, push: Callable[[str, Batch], None] | None, interval_s: float = 1.0):
         self._push = push
         self._interval = interval_s
-        self._buffer: list[tuple[int, dict[str, float], int]] = []
+        self._buffer: Batch = []
         self._last = time.monotonic()
         self.started_ms = int(time.time() * 1000)
         self.last_step = -1
@@ -44,7 +49,7 @@ class BatchingSink:
             self._last = now
             self._push(trial_id, batch)
 
-    def remaining(self) -> list[tuple[int, dict[str, float], int]]:
+    def remaining(self) -> Batch:
         """What has not been pushed yet (sent back with the result)."""
         batch, self._buffer = self._buffer, []
         return batch
@@ -114,7 +119,7 @@ def execute_trial(
     return TrialResult(trial_id=trial.trial_id, state=TrialState.FINISHED, metrics=metrics, info=ctx.info, attempts=attempt)
 
 
-def resolve(name: str) -> Callable:
+def resolve(name: str) -> Callable[..., Any]:
     """The workload function for a built-in name or a ``"package.module:function"`` reference."""
     problem = check_reference(name)
     if problem:
@@ -129,7 +134,7 @@ def resolve(name: str) -> Callable:
             "Install the package that provides it on every node, or fix the reference."
         ) from exc
     try:
-        function = getattr(module, attr)
+        function: Callable[..., Any] = getattr(module, attr)
     except AttributeError:
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise WorkloadError(

@@ -80,7 +80,7 @@ class FirstOrder:
                 buf.mul_(h["momentum"]).add_(g)
                 p.sub_(h["lr"] * (g + h["momentum"] * buf if self.name == "nesterov" else buf))
             elif self.name in ("adam", "adamw"):
-                if self.name == "adamw" and float(wd) != 0:
+                if self.name == "adamw" and wd is not None and float(wd) != 0:
                     p.mul_(one - h["lr"] * wd)
                 m = state.setdefault("exp_avg", torch.zeros_like(p))
                 v = state.setdefault("exp_avg_sq", torch.zeros_like(p))

@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch.func import functional_call, grad, jacrev, vmap
@@ -176,7 +176,7 @@ def per_example_contributions(
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v for k, v in model.named_buffers()}
-    region = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    region: Callable[[], Any] = autocast or (lambda: torch.autocast("cpu", enabled=False))
     if not _has_batchnorm(model):
 
         def single(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ MODES = ("rerun", "resume")
 DEFAULT_IMAGE = "numerics-orchestrator:0.1.0"
 RAY_VERSION = "2.60.0"
 _MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_FIELDS = (
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),

@@ -53,10 +53,10 @@ def cell_table(df: "pd.DataFrame", factors: Sequence[str], metric: str) -> list[
         first = group.iloc[0]
         finished = group[group["state"] == "FINISHED"]
         diverged = int(finished["diverged"].fillna(0).sum()) if "diverged" in finished else 0
-        values = finished.loc[finished.get("diverged", 0) == 0, metric].dropna() if metric in finished else []
-        values = [float(v) for v in values]
+        kept: Any = finished.loc[finished.get("diverged", 0) == 0, metric].dropna() if metric in finished else []  # type: ignore[index]
+        values = [float(v) for v in kept]
         mean = sum(values) / len(values) if values else None
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if mean is not None and len(values) > 1 else None
         rows.append([*(first[f] for f in factors), len(finished), diverged, mean, sd, min(values) if values else None, max(values) if values else None])
     return rows
 

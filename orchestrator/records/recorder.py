@@ -176,7 +176,7 @@ class ExecutionRecorder:
         client = self.store.client
         study = self.study
         try:
-            experiment_id = self.store.experiment_id(study.name, create=True)
+            experiment_id = self.store.create_experiment(study.name)
             parents = self.store.search(experiment_id, f"tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'")
         except Exception as exc:  # noqa: BLE001
             raise TrackingStoreError(f"tracking store {self.store.uri} refused to open experiment {study.name!r}: {exc}") from None
@@ -333,7 +333,7 @@ class ExecutionRecorder:
         if self.info is None:  # pragma: no cover - begin() runs first
             raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
         run = self.store.client.create_run(self.info.experiment_id, start_time=start_ms or now_ms(), tags=self._trial_tags(trial))
-        run_id = run.info.run_id
+        run_id = str(run.info.run_id)
         self.run_ids[trial.trial_id] = run_id
         params = param_entities(trial_params(trial))
         for chunk in chunks(params, BATCH_KEYS):
@@ -377,12 +377,12 @@ class ExecutionRecorder:
             first_params, params = params[:BATCH_KEYS], params[BATCH_KEYS:]
             first_metrics, metrics = metrics[: BATCH_METRICS - len(first_params)], metrics[BATCH_METRICS - len(first_params):]
             client.log_batch(run_id, metrics=first_metrics, params=first_params)
-            for chunk in chunks(params, BATCH_KEYS):
-                client.log_batch(run_id, params=chunk)
+            for params_chunk in chunks(params, BATCH_KEYS):
+                client.log_batch(run_id, params=params_chunk)
         else:
             client.log_batch(run_id, tags=tag_entities(tags))
-        for chunk in chunks(metrics, BATCH_METRICS):
-            client.log_batch(run_id, metrics=chunk)
+        for metrics_chunk in chunks(metrics, BATCH_METRICS):
+            client.log_batch(run_id, metrics=metrics_chunk)
         if result.error:
             client.log_text(run_id, result.error, T.ARTIFACT_TRACEBACK)
         result.run_id = run_id

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping, TypeVar
 
 from ..errors import OrchestratorError
 from . import tags as T
@@ -49,6 +49,8 @@ __all__ = [
     "open_store",
     "resolve_tracking_uri",
 ]
+
+_T = TypeVar("_T")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 """With no ``--tracking-uri`` and no ``MLFLOW_TRACKING_URI``: a SQLite store under ``mlflow/`` here."""
@@ -117,16 +119,23 @@ class TrackingStore:
     def experiment_id(self, study_name: str, *, create: bool = False) -> str | None:
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is not None:
-            return experiment.experiment_id
+            return str(experiment.experiment_id)
         if not create:
             return None
         try:
-            return self.client.create_experiment(study_name, artifact_location=self.artifact_root, tags={T.EXPERIMENT_STUDY: study_name})
+            return str(self.client.create_experiment(study_name, artifact_location=self.artifact_root, tags={T.EXPERIMENT_STUDY: study_name}))
         except Exception:  # noqa: BLE001 - a concurrent driver may have created it first
             experiment = self.client.get_experiment_by_name(study_name)
             if experiment is None:
                 raise
-            return experiment.experiment_id
+            return str(experiment.experiment_id)
+
+    def create_experiment(self, study_name: str) -> str:
+        """The id of the study's experiment, created when missing."""
+        experiment_id = self.experiment_id(study_name, create=True)
+        if experiment_id is None:  # pragma: no cover - create=True always returns an id
+            raise TrackingStoreError(f"tracking store {self.uri} did not create experiment {study_name!r}")
+        return experiment_id
 
     def search(self, experiment_id: str, filter_string: str = "") -> list["Run"]:
         """Every run of an experiment matching ``filter_string``, paging through all results."""
@@ -221,7 +230,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def chunks(items: list, size: int) -> Iterable[list]:
+def chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

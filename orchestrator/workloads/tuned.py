@@ -72,8 +72,8 @@ def tuned(ctx: TrialContext) -> dict[str, float]:
     if best is None:
         raise TrialDiverged(len(values) - 1, f"every value of {setting} in the grid diverged")
     _, value, metrics, info = best
-    for key, item in info.items():
-        ctx.record(key, item)
+    for name, item in info.items():
+        ctx.record(name, item)
     ctx.record(f"chosen_{setting}", value)
     return {**metrics, f"chosen_{setting}": float(value), "grid_size": float(len(values))}
 
