@@ -9,13 +9,25 @@ prints a compact summary:
 * deterministic algorithms: a float atomics reduction (``index_add_``) repeated with
   deterministic algorithms off and on; and digits trained twice with the ``fixed`` order,
   compared by parameter hash;
-* bit-identity of the ``fixed`` order and the difference made by ``shuffled``.
+* bit-identity of the ``fixed`` order and the difference made by ``shuffled``;
+* the ``determinism`` level: GPU atomics (``index_add_``, ``scatter_add_``) and a cnn digits
+  trial (cuDNN convolution backward) repeated under ``deterministic`` and ``default``,
+  compared bit for bit; on the CPU the level is recorded as not applicable;
+* the declared accumulator: pure-bf16 training with ``accumulate: working`` (bfloat16)
+  against ``fp32``, each measured against a float64-accumulated twin;
+* gradient accumulation in one process (``grad_accumulation`` 4 vs 1: fp32 within rounding,
+  bf16 bit-different);
+* with two or more GPUs: an NCCL all-reduce across two processes (fp32 and bf16, against
+  the exact sum; ``NCCL_ALGO`` Ring vs Tree) and a two-worker data-parallel trial through
+  Ray Train with NCCL, against the one-worker trial (on the CPU: the same with gloo).
 
 Usage: ``python scripts/gpu_check.py`` (write what it showed into scripts/GPU_CHECK.md).
+``--skip-ray`` leaves out the Ray Train trial (it starts an embedded Ray).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -39,6 +51,87 @@ def trial(workload: str, trial_id: str = "gpu-check", seeds: dict | None = None,
 
 def line(text: str) -> None:
     print(text, flush=True)
+
+
+def _nccl_worker(rank: int, port: int, algo: str, out: dict) -> None:
+    """One of two processes: all-reduce fp32 and bf16 vectors over NCCL with ``NCCL_ALGO=algo``."""
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NCCL_ALGO": algo})
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=2)
+    g = torch.Generator().manual_seed(100 + rank)
+    base = torch.randn(1 << 20, generator=g, dtype=torch.float64)
+    sums = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        t = base.to(dtype).cuda(rank)
+        dist.all_reduce(t)
+        sums[str(dtype)] = t.double().cpu()
+    parts = [torch.empty_like(base).cuda(rank) for _ in range(2)]
+    dist.all_gather(parts, base.cuda(rank))
+    if rank == 0:
+        exact = {str(d): (parts[0].cpu().to(d).double() + parts[1].cpu().to(d).double()) for d in (torch.float32, torch.bfloat16)}
+        out[algo] = {k: float((sums[k] - exact[k]).abs().max()) for k in sums} | {"hash": {k: hash(sums[k].numpy().tobytes()) for k in sums}}
+    dist.destroy_process_group()
+
+
+def nccl_check() -> int:
+    """Two GPUs: NCCL all-reduce against the exact sum (two ranks: one rounding), Ring vs Tree."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    problems = 0
+    manager = mp.Manager()
+    out = manager.dict()
+    for algo in ("Ring", "Tree"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_nccl_worker, args=(port, algo, out), nprocs=2, join=True)
+    for algo in ("Ring", "Tree"):
+        r = out.get(algo, {})
+        line(f"nccl all_reduce 2 GPUs NCCL_ALGO={algo}: max |error| vs the sum rounded once: fp32={r.get('torch.float32', float('nan')):.3e} bf16={r.get('torch.bfloat16', float('nan')):.3e}")
+        if not r or r["torch.float32"] > 1e-5:
+            problems += 1
+            line("  PROBLEM: the fp32 all-reduce is not the sum")
+    if "Ring" in out and "Tree" in out:
+        same = {k: out["Ring"]["hash"][k] == out["Tree"]["hash"][k] for k in out["Ring"]["hash"]}
+        line(f"nccl Ring vs Tree bit-identical: {same} (with two ranks both are one addition; differences need more ranks)")
+    return problems
+
+
+def ray_train_check(device_gpus: int) -> int:
+    """A two-worker data-parallel trial through Ray Train (NCCL on 2 GPUs, gloo on the CPU)."""
+    import ray
+
+    from orchestrator.numerics._dp_draft import run_data_parallel_trial
+
+    problems = 0
+    ray.init(address="local", num_cpus=4 if device_gpus else 2, num_gpus=device_gpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        params = dict(steps=20, train_samples=256, test_samples=256, optimizer="sgd", lr=0.05, batch_size=64, accumulate="fp32")
+        dispatch = ray.remote(num_cpus=0)(run_data_parallel_trial)
+        for precision in ("fp32", "bf16"):
+            t0 = time.perf_counter()
+            payload = ray.get(dispatch.remote(trial("teacher_student", f"dp-{precision}", world_size=2, precision=precision, **params).to_dict(), 1,
+                                              cpus_per_worker=1, gpus_per_worker=1 if device_gpus else 0))
+            r = payload["result"]
+            single = execute_trial(trial("teacher_student", f"dp1-{precision}", precision=precision, **params), device="cuda:0" if device_gpus else "cpu")
+            if r["state"] != "FINISHED":
+                problems += 1
+                line(f"ray train 2 workers {precision}: {r['state']} {(r['error'] or '').strip().splitlines()[-1:]}")
+                continue
+            rel = abs(r["metrics"]["train_loss"] - single.metrics["train_loss"]) / abs(single.metrics["train_loss"])
+            line(f"ray train 2 workers {precision} ({r['info'].get('dp_backend')}): train loss rel. diff vs 1 worker {rel:.3e}, "
+                 f"bit-identical={r['info'].get('param_hash') == single.info.get('param_hash')}, workers agree={r['info'].get('workers_identical')}, "
+                 f"{time.perf_counter() - t0:.1f}s")
+            if (precision == "fp32" and rel > 1e-4) or not r["info"].get("workers_identical"):
+                problems += 1
+                line("  PROBLEM: two workers do not reproduce one worker within rounding, or the workers disagree")
+    finally:
+        ray.shutdown()
+    return problems
 
 
 def main() -> int:
@@ -101,6 +194,51 @@ def main() -> int:
     for level in ("fp32", "bf16"):
         r = execute_trial(trial("digits", epochs=2, precision=level, reduction_order="shuffled", reference_order="fixed"), device=device)
         line(f"digits {level} shuffled vs fixed twin: distance={r.metrics.get('ref_param_distance', float('nan')):.3e} first diff step={r.metrics.get('ref_first_diff_step')}")
+    for level in ("deterministic", "default"):
+        rs = [execute_trial(trial("digits", epochs=1, model="cnn", width=16, determinism=level), device=device) for _ in range(2)]
+        info = rs[0].info
+        line(f"digits cnn twice, determinism={level}: effective={info.get('determinism_effective')} applies={info.get('determinism_applies')} "
+             f"same hash={rs[0].info.get('param_hash') == rs[1].info.get('param_hash')}")
+        if level == "deterministic" and rs[0].info.get("param_hash") != rs[1].info.get("param_hash"):
+            problems += 1
+            line("  PROBLEM: deterministic kernels gave two different results")
+    if cuda:
+        src = torch.randn(1_000_000, device=device, generator=torch.Generator(device).manual_seed(4))
+        index = torch.randint(0, 100, (1_000_000,), device=device, generator=torch.Generator(device).manual_seed(5))
+        for deterministic in (False, True):
+            torch.use_deterministic_algorithms(deterministic)
+            sums = [torch.zeros(100, device=device).scatter_add_(0, index, src) for _ in range(5)]
+            line(f"scatter_add_ x5, deterministic algorithms {'on ' if deterministic else 'off'}: bit-identical={all(torch.equal(sums[0], x) for x in sums[1:])}")
+        torch.use_deterministic_algorithms(False)
+
+    accumulated = {}
+    for accumulate in ("working", "fp32"):
+        r = execute_trial(trial("two_layer_linear", optimizer="gd", lr=1e-5, steps=30, precision="bf16", accumulate=accumulate, reference_order="fp64"), device=device)
+        accumulated[accumulate] = r.metrics.get("ref_param_rel_distance", float("nan"))
+        line(f"bf16 fixed order, accumulate={accumulate}: accumulator={r.info.get('accumulator_dtype')} path={r.info.get('reduction_path')} "
+             f"rel. distance to the fp64-accumulated twin {accumulated[accumulate]:.3e}")
+    if not accumulated["working"] > accumulated["fp32"]:
+        problems += 1
+        line("  PROBLEM: the bf16 accumulator is not less accurate than the fp32 one")
+    ga = {}
+    for precision in ("fp32", "bf16"):
+        for k in (1, 4):
+            ga[precision, k] = execute_trial(trial("teacher_student", precision=precision, accumulate="fp32", grad_accumulation=k, steps=20, optimizer="sgd", lr=0.05), device=device)
+        a, b = ga[precision, 1], ga[precision, 4]
+        rel = abs(a.metrics["train_loss"] - b.metrics["train_loss"]) / abs(a.metrics["train_loss"])
+        line(f"grad_accumulation 4 vs 1, {precision}: train loss rel. diff {rel:.3e}, bit-identical={a.info.get('param_hash') == b.info.get('param_hash')}")
+    gpus = torch.cuda.device_count() if cuda else 0
+    if gpus >= 2:
+        problems += nccl_check()
+    else:
+        line(f"SKIP nccl all-reduce: {gpus} GPU(s), needs 2")
+    if "--skip-ray" in sys.argv:
+        line("SKIP ray train data-parallel trial (--skip-ray)")
+    elif cuda and gpus < 2:
+        line("SKIP ray train data-parallel trial on GPUs: needs 2 GPUs (one per worker)")
+    else:
+        problems += ray_train_check(2 if gpus >= 2 else 0)
+
     lm = execute_trial(trial("two_layer_linear", optimizer="lm", precision="fp64"), device=device).metrics.get("final_loss")
     gd = execute_trial(trial("two_layer_linear", optimizer="gd", lr=3e-5, precision="fp64"), device=device).metrics.get("final_loss")
     line(f"two_layer_linear fp64 300 steps: lm={lm:.3e} gd={gd:.3e}")

@@ -1,4 +1,5 @@
-"""Data-parallel trials on Ray Train: the only module that imports ``ray.train``.
+"""Data-parallel trials on Ray Train: the only module that imports ``ray.train`` (it also asks
+``ray.cluster_resources()`` whether all workers of a trial can ever be placed).
 
 A trial whose ``world_size`` is above 1 runs as one Ray Train ``TorchTrainer`` run:
 ``world_size`` workers, each with the study's per-trial resources (so resources are *per
@@ -33,7 +34,7 @@ import time
 import traceback
 from typing import Any, Mapping
 
-__all__ = ["START_TIMEOUT_S", "is_data_parallel", "run_data_parallel_trial"]
+__all__ = ["START_TIMEOUT_S", "dispatch", "dispatch_options", "is_data_parallel", "run_data_parallel_trial"]
 
 START_TIMEOUT_S = 3600.0
 """How long a data-parallel trial waits for its workers' resources (Ray Train's default is 60 s)."""
@@ -51,11 +52,33 @@ _TRAIN_ENV = {
 
 def is_data_parallel(trial: Mapping[str, Any]) -> bool:
     """Whether ``trial`` (a trial dict) asks for more than one worker."""
-    config = {**dict(trial.get("params") or {}), **dict(trial.get("levels") or {})}
     try:
-        return int(config.get("world_size", 1)) > 1
+        return int(_config(trial).get("world_size", 1)) > 1
     except (TypeError, ValueError):
         return False  # a bad value fails inside the trial, with the kit's message
+
+
+def _config(trial: Mapping[str, Any]) -> dict[str, Any]:
+    return {**dict(trial.get("params") or {}), **dict(trial.get("levels") or {})}
+
+
+def dispatch_options(trial: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The Ray task options of a trial's dispatch task: unchanged for an ordinary trial; for
+    a data-parallel one, zero CPUs and GPUs and no memory or custom resources (the workers
+    hold them, see the module docstring)."""
+    if not is_data_parallel(trial):
+        return options
+    return {k: v for k, v in options.items() if k not in ("memory", "resources")} | {"num_cpus": 0, "num_gpus": 0}
+
+
+def dispatch(trial: Mapping[str, Any], attempt: int, resources: Any) -> dict[str, Any]:
+    """Run a data-parallel trial from its zero-resource dispatch task, with ``resources``
+    (the study's :class:`~orchestrator.design.trial.Resources`) per worker; the setting
+    ``worker_gpus`` raises each worker's GPUs (a study whose CPU variants share one
+    resources spec asks for GPUs in its cluster variant this way)."""
+    gpus = max(float(resources.gpus), float(_config(trial).get("worker_gpus", 0) or 0))
+    return run_data_parallel_trial(trial, attempt, cpus_per_worker=resources.cpus, gpus_per_worker=gpus,
+                                   memory_mb_per_worker=resources.memory_mb, custom_per_worker=resources.custom)
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -111,6 +134,16 @@ def _failed(trial: Mapping[str, Any], attempt: int, error: str, started_ms: int)
     return {"result": result.to_dict(), "curve": [], "started_ms": started_ms, "last_step": -1, "pid": os.getpid(), "environment": {}}
 
 
+def _short_of(per_worker: Mapping[str, float], world: int) -> str:
+    """What the cluster lacks to place ``world`` workers of ``per_worker`` at once ('' if nothing)."""
+    import ray
+
+    total = ray.cluster_resources()
+    missing = [f"{world} x {amount:g} {name} (the cluster has {total.get(name, 0.0):g})" for name, amount in per_worker.items()
+               if amount > 0 and world * amount > total.get(name, 0.0) + 1e-9]
+    return ", ".join(missing)
+
+
 def run_data_parallel_trial(
     trial: Mapping[str, Any],
     attempt: int = 1,
@@ -148,7 +181,7 @@ def run_data_parallel_trial(
     from .parallel import NCCL_ALGO
 
     started_ms = int(time.time() * 1000)
-    config = {**dict(trial.get("params") or {}), **dict(trial.get("levels") or {})}
+    config = _config(trial)
     world = int(config.get("world_size", 1))
     use_gpu = gpus_per_worker > 0
     per_worker: dict[str, float] = {"CPU": float(cpus_per_worker)}
@@ -157,6 +190,14 @@ def run_data_parallel_trial(
     if memory_mb_per_worker:
         per_worker["memory"] = float(memory_mb_per_worker) * 1024 * 1024
     per_worker.update({k: float(v) for k, v in (custom_per_worker or {}).items()})
+    short = _short_of(per_worker, world)
+    if short:
+        return _failed(
+            trial, attempt,
+            f"DataParallelError: world_size {world} needs {short}: expected the cluster to hold all workers of one trial at once. "
+            "Lower world_size or the per-worker resources (the study's resources, e.g. Resources(cpus=0.5)), or join a larger cluster.",
+            started_ms,
+        )
     env_vars = {}
     algo = NCCL_ALGO.get(str(config.get("allreduce", "backend")))
     if algo and use_gpu:
