@@ -6,14 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test typecheck bench install constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: the CPU wheel where one lies on disk, never a newer CUDA build by accident
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# torch first, at the tested version: the CPU wheel where one lies on disk, never a newer
+	# CUDA build by accident (constraints.txt says torch==2.13.0, which 2.13.0+cpu satisfies)
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,8 +31,17 @@ demo: $(STAMP)
 	@echo "MLflow UI:   $(VENV)/bin/orchestrator ui      (then open the printed http://127.0.0.1 URL)"
 	@echo "HTML report: reports/demo/report.html"
 
-test: $(STAMP)
+# The type check runs first (mypy, config in pyproject.toml: strict on the core layers).
+test: typecheck
 	$(PY) -m pytest -q
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+# Rewrite constraints.txt from the venv: the exact versions of the dependency closure.
+constraints: $(STAMP)
+	$(PY) .ci/constraints.py > constraints.txt.new
+	{ sed -n '1,3p' constraints.txt; cat constraints.txt.new; } > constraints.txt.tmp && rm constraints.txt.new && mv constraints.txt.tmp constraints.txt
 
 bench: $(STAMP)
 	$(PY) bench/bench_dispatch.py
