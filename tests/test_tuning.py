@@ -226,11 +226,11 @@ def test_a_failing_configuration_is_an_outcome_not_a_crash(ray_session):
     tuning = Tuning(space={"lr": LogUniform(1e-3, 1.0)}, select="val_loss", budget=Budget(configurations=3, epochs=2))
     (search,) = plan_searches(
         tuning, study="t", variant="smoke", study_seed=1, cells=[("c", {"optimizer": "sgd"})],
-        params={"optimum": {"lr": "not a number"}}, workload=LANDSCAPE, streams=["data"],
+        params={"optimum": {"lr": 0.1}, "noise": "loud"}, workload=LANDSCAPE, streams=["data"],
     )
     run = run_searches([search])[search.search_id]
     assert run.selection is None and [o.state for o in run.outcomes] == ["FAILED"] * 3
-    assert "could not convert string to float: 'not a number'" in run.outcomes[0].error
+    assert "could not convert string to float: 'loud'" in run.outcomes[0].error
     assert "no configuration finished with a finite 'val_loss'" in run.error
 
 

@@ -38,7 +38,7 @@ class PlannedSearcher(Searcher):
     """
 
     def __init__(self, searches: Sequence[Search], sequential: bool) -> None:
-        super().__init__(metric=searches[0].select, mode="max" if searches[0].maximize else "min")
+        super().__init__(metric=None, mode=None)  # no strict metric check: a failed configuration reports no metric
         self._queues = [[(s, p) for p in range(len(s.configurations))] for s in searches]
         self._sequential = sequential
         self._busy: set[str] = set()
