@@ -63,23 +63,19 @@ def findings(df, analysis):
                f"variance of the test loss, the init seed for {100 * seeds:.1f}%: "
                + ("the order of accumulation moves the outcome less than the seed does." if seeds > order else
                   "the order of accumulation moves the outcome more than the seed does."))
-    keys = seed_cols or []
     for precision, group in ok.groupby("precision"):
-        base = group[(group["world_size"] == 1) & (group["grad_accumulation"] == 1)]
-        split = group[(group["world_size"] * group["grad_accumulation"]) > 1]
+        size = group["world_size"].astype(int) * group["grad_accumulation"].astype(int)
+        base = group[size == 1][seed_cols + ["test_loss", "param_hash"]].rename(columns={"test_loss": "base_loss", "param_hash": "base_hash"})
+        split = group[size > 1]
         if base.empty or split.empty:
             continue
-        merged = split.merge(base[keys + ["test_loss", "param_hash"]] if keys else base[["test_loss", "param_hash"]].assign(_k=0),
-                             on=keys or None, how="inner", suffixes=("", "_base")) if keys else \
-            split.assign(_k=0).merge(base[["test_loss", "param_hash"]].assign(_k=0), on="_k", suffixes=("", "_base"))
-        if merged.empty:
-            continue
-        identical = int((merged["param_hash"] == merged["param_hash_base"]).sum())
-        moved = ((merged["test_loss"] - merged["test_loss_base"]).abs() / merged["test_loss_base"].abs()).astype(float)
-        spread = base["test_loss"].std() / base["test_loss"].mean() if len(base) > 1 else float("nan")
+        merged = split.merge(base, on=seed_cols) if seed_cols else split.assign(_k=0).merge(base.assign(_k=0), on="_k")
+        identical = int((merged["param_hash"] == merged["base_hash"]).sum())
+        moved = ((merged["test_loss"] - merged["base_loss"]).abs() / merged["base_loss"].abs()).astype(float)
+        spread = float(base["base_loss"].std() / base["base_loss"].mean()) if len(base) > 1 else float("nan")
         out.append(
             f"precision={precision}: {identical} of {len(merged)} split trials (world size x accumulation > 1) ended bit-identical "
-            f"to the single-worker, single-batch trial of the same seed; the test loss moved by {fmt(moved.median())} relative "
+            f"to the single-worker, single-batch trial of the same seed; their test loss moved by {fmt(moved.median())} relative "
             f"(median; at most {fmt(moved.max())})"
             + (f", against a relative spread of {fmt(spread)} across init seeds." if spread == spread else ".")
         )
