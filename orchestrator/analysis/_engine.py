@@ -353,32 +353,52 @@ class Mixed:
         self.q = len(self.z)
         self.p = len(self.x)
         self.n = engine.n
+        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def data(self, c: np.ndarray | None, yy: float | None) -> tuple[np.ndarray, float]:
         return (self.e.c[self.idx] if c is None else c), (self.e.yy if yy is None else yy)
 
-    def _chol(self, theta: np.ndarray, c: np.ndarray, yy: float) -> np.ndarray:
-        q, p = self.q, self.p
-        lam = np.repeat(theta, self.sizes)
-        M = np.empty((q + p + 1, q + p + 1))
-        M[: q + p, : q + p] = self.G
-        M[: q + p, -1] = c
-        M[-1, : q + p] = c
-        M[-1, -1] = yy
-        M[:q, :] *= lam[:, None]
-        M[:, :q] *= lam[None, :]
-        M[np.arange(q), np.arange(q)] += 1.0
-        return linalg.cholesky(M, lower=True, check_finite=False)
+    def _active(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Active terms (theta > 0) and the positions of their columns and of X within ``idx``.
+
+        A term with ``theta_k = 0`` contributes an identity block with no coupling to the rest
+        of the coefficient matrix, so it is left out of the factorisation: exact, and much
+        cheaper when many seed x factor terms sit at the boundary.
+        """
+        act = np.flatnonzero(theta > 0)
+        key = act.tobytes()
+        cached = self._cache.get(key)
+        if cached is None:
+            zpos = [np.arange(self.offsets[j], self.offsets[j + 1]) for j in act]
+            pos = np.concatenate(zpos + [np.arange(self.q, self.q + self.p)]) if len(zpos) else np.arange(self.q, self.q + self.p)
+            cached = (act, pos)
+            self._cache[key] = cached
+        return cached
 
     def evaluate(self, theta: np.ndarray, c: np.ndarray, yy: float, grad: bool = True) -> dict[str, Any]:
         """Profiled REML deviance at ``theta`` and, with ``grad``, its gradient and the pieces for inference.
 
         The gradient uses ``Lam Z' P Z Lam = I - T_zz`` (``T`` the inverse of the mixed-model
-        coefficient matrix) and ``Z' P y = Z'(y - X b - Z u)``.
+        coefficient matrix) and ``Z' P y = Z'(y - X b - Z u)``; terms at ``theta_k = 0`` have a
+        zero gradient and are left out of the factorisation.
         """
         theta = np.abs(np.asarray(theta, float))
         q, p, k = self.q, self.p, len(self.terms)
-        L = self._chol(theta, c, yy)
+        act, pos = self._active(theta)
+        sizes = self.sizes[act]
+        qa = int(sizes.sum())
+        Ga = self.G[np.ix_(pos, pos)]
+        ca = c[pos]
+        lam = np.repeat(theta[act], sizes)
+        M = np.empty((qa + p + 1, qa + p + 1))
+        M[: qa + p, : qa + p] = Ga
+        M[: qa + p, -1] = ca
+        M[-1, : qa + p] = ca
+        M[-1, -1] = yy
+        M[:qa, :] *= lam[:, None]
+        M[:, :qa] *= lam[None, :]
+        M[np.arange(qa), np.arange(qa)] += 1.0
+        L = linalg.cholesky(M, lower=True, check_finite=False)
         d = np.diag(L)
         pwrss = float(d[-1] ** 2)
         nu = self.n - p
@@ -389,27 +409,54 @@ class Mixed:
         out["dev"] = float(2 * np.sum(np.log(d[:-1])) + nu * (1 + np.log(2 * np.pi * pwrss / nu)))
         L1 = L[:-1, :-1]
         s = linalg.solve_triangular(L1.T, L[-1, :-1], lower=False, check_finite=False)
-        lam = np.repeat(theta, self.sizes)
-        u = lam * s[:q]
-        beta = s[q:]
+        u_a = lam * s[:qa]
+        beta = s[qa:]
+        u = np.zeros(q)
+        u[pos[:qa]] = u_a
         out["beta"], out["u"] = beta, u
         if not grad:
             return out
         Linv, info = linalg.lapack.dtrtri(L1, lower=1)
         if info != 0:
             raise linalg.LinAlgError("singular mixed-model coefficient matrix")
-        tdiag = np.einsum("ij,ij->j", Linv, Linv)
-        Lx = Linv[q:, q:]
+        Lx = Linv[qa:, qa:]
         out["Txx"] = Lx.T @ Lx
-        zr = c[:q] - self.G[:q, :q] @ u - self.G[:q, q:] @ beta
-        tr_k = np.add.reduceat(1.0 - tdiag[:q], self.offsets[:-1]) if k else np.zeros(0)
-        zr2 = np.add.reduceat(zr * zr, self.offsets[:-1]) if k else np.zeros(0)
+        out["Linv"], out["pos"], out["lam"] = Linv, pos, lam
+        zr = c[:q] - self.G[:q, pos[:qa]] @ u_a - self.G[:q, q:] @ beta
+        tr_k, zr2 = np.zeros(k), np.zeros(k)
+        if k:
+            zr2 = np.add.reduceat(zr * zr, self.offsets[:-1])
+            if qa:
+                tdiag = np.einsum("ij,ij->j", Linv[:, :qa], Linv[:, :qa])
+                off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+                tr_k[act] = np.add.reduceat(1.0 - tdiag, off)
         out["trace"] = tr_k  # q_k - tr(T_kk) = theta_k^2 tr(Z_k' P Z_k)
         out["zr2"] = zr2  # |Z_k' P y|^2 in units where P = sigma^2 V^-1
         g = np.zeros(k)
-        pos = theta > 0
-        g[pos] = 2 * tr_k[pos] / theta[pos] - 2 * theta[pos] * zr2[pos] / out["sigma2"]
+        on = theta > 0
+        g[on] = 2 * tr_k[on] / theta[on] - 2 * theta[on] * zr2[on] / out["sigma2"]
         out["grad"] = g
+        return out
+
+    def boundary_scores(self, theta: np.ndarray, c: np.ndarray, yy: float) -> np.ndarray:
+        """``d dev / d sigma_k^2 * sigma^2`` at ``theta`` for the terms at 0 (NaN for the others).
+
+        A negative score means the deviance falls as the term leaves 0: it belongs inside.
+        Computed from the active factorisation: ``tr(Z_k' P Z_k) = tr(Z_k'Z_k) -
+        tr(B_k' T B_k)`` with ``B_k`` the cross-products of the active columns with Z_k.
+        """
+        theta = np.abs(np.asarray(theta, float))
+        ev = self.evaluate(theta, c, yy)
+        Linv, pos, lam = ev["Linv"], ev["pos"], ev["lam"]
+        qa = len(lam)
+        out = np.full(len(self.terms), np.nan)
+        for j in np.flatnonzero(theta == 0):
+            cols = np.arange(self.offsets[j], self.offsets[j + 1])
+            B = self.G[np.ix_(pos, cols)].copy()
+            B[:qa] *= lam[:, None]
+            W = Linv @ B
+            tr = float(np.trace(self.G[np.ix_(cols, cols)]) - np.sum(W * W))
+            out[j] = tr - ev["zr2"][j] / ev["sigma2"]
         return out
 
     def deviance(self, theta: np.ndarray, c: np.ndarray, yy: float) -> float:
@@ -489,6 +536,22 @@ class Mixed:
             out[j] = 1.0 / math.sqrt(curv) if curv > 0 else max(theta[j], 0.1)
         return out
 
+    def _minimise(self, start: np.ndarray, scale: np.ndarray, c: np.ndarray, yy: float, quick: bool) -> np.ndarray:
+        res = optimize.minimize(self._fun, start / scale, args=(scale, c, yy), jac=True, method="L-BFGS-B",
+                                bounds=[(0.0, None)] * len(start),
+                                options={"ftol": 1e-12 if quick else 1e-15, "gtol": 1e-9, "maxiter": 500})
+        return np.abs(res.x) * scale
+
+    def _snap(self, theta: np.ndarray, c: np.ndarray, yy: float) -> np.ndarray:
+        """Set a component near 0 to exactly 0 when that does not raise the deviance."""
+        for j in range(len(theta)):
+            if 0 < theta[j] < 1e-2 * max(1.0, float(np.max(theta))):
+                t0 = theta.copy()
+                t0[j] = 0.0
+                if self.deviance(t0, c, yy) <= self.deviance(theta, c, yy) + 1e-10:
+                    theta = t0
+        return theta
+
     def fit(self, c: np.ndarray | None = None, yy: float | None = None, start: np.ndarray | None = None,
             quick: bool = False, scale: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
         """REML estimates: (component variances, residual variance, fixed coefficients, theta).
@@ -504,22 +567,22 @@ class Mixed:
             s0 = np.ones(k) if start is None else np.asarray(start, float).copy()
             if scale is None:
                 scale = np.where(s0 > 1e-3, s0, 1e-1)
-                x0 = np.where(s0 > 1e-3, 1.0, 0.5)
-            else:
-                x0 = s0 / scale
-            res = optimize.minimize(self._fun, x0, args=(scale, c, yy), jac=True, method="L-BFGS-B",
-                                    bounds=[(0.0, None)] * k,
-                                    options={"ftol": 1e-12 if quick else 1e-15, "gtol": 1e-9, "maxiter": 500})
-            theta = np.abs(res.x) * scale
+                s0 = np.where(s0 > 1e-3, s0, 0.5 * scale)
+            theta = self._minimise(s0, scale, c, yy, quick)
             if not quick:
                 theta = self._polish(theta, c, yy)
-            # Probe the boundary: a component near 0 is set to 0 when the deviance does not rise.
-            for j in range(k):
-                if 0 < theta[j] < 1e-2 * max(1.0, float(np.max(theta))):
-                    t0 = theta.copy()
-                    t0[j] = 0.0
-                    if self.deviance(t0, c, yy) <= self.deviance(theta, c, yy) + 1e-10:
-                        theta = t0
+            theta = self._snap(theta, c, yy)
+            # A term at 0 whose score says the deviance falls as it leaves 0 is let back in.
+            if np.any(theta == 0):
+                scores = self.boundary_scores(theta, c, yy)
+                enter = np.flatnonzero(scores < -1e-8 * max(1.0, abs(self.deviance(theta, c, yy))))
+                if len(enter):
+                    t2 = theta.copy()
+                    t2[enter] = 0.3 * scale[enter]
+                    theta = self._minimise(t2, scale, c, yy, quick)
+                    if not quick:
+                        theta = self._polish(theta, c, yy)
+                    theta = self._snap(theta, c, yy)
         else:
             theta = np.zeros(0)
         ev = self.evaluate(theta, c, yy, grad=False)

@@ -614,7 +614,7 @@ def _bootstrap(eng: Engine, mixed: Mixed, reml_terms: list[Term], beta: np.ndarr
                            "sigma2": np.full(B, np.nan), "failed": 0}
     shares: dict[str, np.ndarray] = {}
     scale = mixed.curvature_scale(theta) if len(theta) else None
-    start = np.maximum(theta, 0.5 * scale) if len(theta) else None
+    start = theta.copy() if len(theta) else None
     for r in range(B):
         cr, yr = c[mixed.idx, r], float(yy[r])
         try:

@@ -1,0 +1,59 @@
+"""Calibration of the analysis at the size of issue #10 (type-I error, interval coverage).
+
+Run: ``.venv/bin/python bench/bench_calibration.py [--sims 1000] [--coverage-sims 400]
+[--bootstrap 200] [--part all|type1|coverage]``. Prints one line per figure and the machine;
+the figures go in bench/RESULTS.md (section "Analysis calibration"). Targets (issue #10):
+type-I error of a null fixed factor within [0.035, 0.065] over >= 1000 datasets in each of the
+three scenarios; 95% interval coverage of variance components and shares within [0.92, 0.98]
+over >= 400 datasets. The scenarios are in ``orchestrator.analysis.calibration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+import warnings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sims", type=int, default=1000)
+    parser.add_argument("--coverage-sims", type=int, default=400)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--part", choices=["all", "type1", "coverage"], default="all")
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    from orchestrator.analysis.calibration import SCENARIOS, coverage, type_one_error
+
+    print(f"machine: nproc={os.cpu_count()} {platform.processor() or platform.machine()} "
+          f"python={platform.python_version()} date={datetime.date.today().isoformat()}", flush=True)
+    if args.part in ("all", "type1"):
+        for sc in SCENARIOS:
+            t0 = time.perf_counter()
+            res = type_one_error(sc, sims=args.sims, seed=args.seed)
+            before = type_one_error(sc, sims=min(args.sims, 200), seed=args.seed, seed_interactions="none")
+            ok = 0.035 <= res["rate"] <= 0.065
+            print(f"type-I scenario {sc} ({SCENARIOS[sc]}): {res['rate']:.4f} +- {res['se']:.4f} over {res['tested']} "
+                  f"datasets [{'in' if ok else 'OUTSIDE'} 0.035-0.065]; mean share of the null factor "
+                  f"{100 * res['mean_share_A']:.2f}%; additive model (seed_interactions=none): {before['rate']:.3f} "
+                  f"over {before['tested']}; {time.perf_counter() - t0:.0f} s", flush=True)
+            print("json " + json.dumps({"type1": res, "additive": before}), flush=True)
+    if args.part in ("all", "coverage"):
+        t0 = time.perf_counter()
+        res = coverage(sims=args.coverage_sims, bootstrap=args.bootstrap, seed=args.seed)
+        for key, value in res["coverage"].items():
+            ok = 0.92 <= value <= 0.98
+            print(f"coverage {key}: {value:.3f} over {res['counted'][key]} datasets "
+                  f"[{'in' if ok else 'OUTSIDE'} 0.92-0.98]", flush=True)
+        print(f"coverage: {args.coverage_sims} datasets, {args.bootstrap} bootstrap replicates, "
+              f"{res['seeds']} seeds x 3 levels x 2 replicates; {time.perf_counter() - t0:.0f} s", flush=True)
+        print("json " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
