@@ -102,3 +102,17 @@ def test_main_cli_group_runs_the_analysis_commands():
                                     "--bootstrap", "0"])
     assert res.exit_code == 0, res.output
     assert "wool:tension" in res.output and "Type II" in res.output
+
+
+def test_random_interaction_terms_on_the_command_line_and_den_df_in_json_and_table():
+    machines = str(DATA / "machines.csv")
+    args = ["--csv", machines, "--response", "score", "--fixed", "Machine", "--random", "Worker,Worker:Machine",
+            "--bootstrap", "0"]
+    res = CliRunner().invoke(analyze, args + ["--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    row = next(r for r in doc["anova"] if r["term"] == "Machine")
+    assert row["den_df"] == 10 and row["error_term"] == "Worker:Machine" and round(row["F"], 3) == 20.576
+    assert [t["term"] for t in doc["model"]["random_terms"]] == ["Worker", "Worker:Machine"]
+    table = CliRunner().invoke(analyze, args)
+    assert table.exit_code == 0 and "den df" in table.output and "Worker:Machine" in table.output
