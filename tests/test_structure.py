@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / "orchestrator"
 RANKS: dict[str, int] = {
     "errors": 0,
     "ids": 0,
+    "formatting": 0,
     "numerics": 1,
     "definition": 2,
     "design": 3,

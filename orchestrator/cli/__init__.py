@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import click
 
 from ..errors import OrchestratorError
+from ..formatting import fmt_number
 from .options import load, variant_option
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "writeup": "orchestrator.cli.analysis:writeup",
     "schedule": "orchestrator.cli.schedule:schedule",
     "compare": "orchestrator.cli.schedule:compare",
+    "sync": "orchestrator.cli.sync:sync",
 }
 
 
@@ -135,7 +137,7 @@ def print_plan(plan: "Plan") -> None:
 
 
 def _short(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return fmt_number(value, 6) if isinstance(value, float) else str(value)
 
 
 def _roman(n: int) -> str:

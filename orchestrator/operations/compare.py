@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import OrchestratorError, did_you_mean
+from ..formatting import fmt_number
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -152,9 +153,7 @@ class DriftReport:
 
 
 def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return f"{value:.4g}"
+    return fmt_number(value, 4)
 
 
 def _levels(levels: Mapping[str, Any]) -> str:

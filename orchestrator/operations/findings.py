@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from ..formatting import fmt_number
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -17,12 +19,8 @@ __all__ = ["fmt", "finished", "group_stats", "share", "share_sentence"]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """A number as text with ``digits`` significant digits (``n/a`` for missing values)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
+    """:func:`~orchestrator.formatting.fmt_number` with 3 significant digits, for sentences."""
+    return fmt_number(value, digits)
 
 
 def finished(df: "pd.DataFrame", include_diverged: bool = False) -> "pd.DataFrame":

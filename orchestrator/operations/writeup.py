@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..formatting import fmt_number
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -25,19 +27,10 @@ __all__ = ["write_page", "cell_table"]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.{digits}g}"
+    """A table cell: a number (:func:`~orchestrator.formatting.fmt_number`) or an interval ``[lo, hi]``."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return f"[{_fmt(value[0], 3)}, {_fmt(value[1], 3)}]"
-    return str(value)
+        return f"[{fmt_number(value[0], 3)}, {fmt_number(value[1], 3)}]"
+    return fmt_number(value, digits)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
