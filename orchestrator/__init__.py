@@ -10,7 +10,20 @@ from layers below it; see docs/structure.md): ``errors``/``ids``; ``numerics``;
 from __future__ import annotations
 
 from .definition.loader import load_study
-from .definition.study import Factor, Fractional, FullFactorial, Goal, Metric, PlackettBurman, Resources, Study, Variant
+from .definition.study import (
+    Factor,
+    Fractional,
+    FullFactorial,
+    Goal,
+    Metric,
+    PlackettBurman,
+    Resources,
+    RunOrder,
+    SeedScope,
+    StreamPolicy,
+    Study,
+    Variant,
+)
 from .design.plan import Plan, make_plan
 from .design.trial import Trial, TrialResult, TrialState
 from .errors import OrchestratorError, Problem, StudyError, StudyLoadError, TrialDiverged
@@ -29,6 +42,9 @@ __all__ = [
     "Plan",
     "Problem",
     "Resources",
+    "RunOrder",
+    "SeedScope",
+    "StreamPolicy",
     "Study",
     "StudyError",
     "StudyLoadError",
