@@ -90,3 +90,23 @@ def test_two_gloo_workers_reproduce_one_worker_within_rounding_and_differ_bitwis
     assert rel_close(two["fp32"]["metrics"]["param_norm"], single["fp32"].metrics["param_norm"]) < 1e-6
     assert two["bf16"]["info"]["param_hash"] != single["bf16"].info["param_hash"]
     assert rel_close(two["bf16"]["metrics"]["train_loss"], single["bf16"].metrics["train_loss"]) < 0.05
+
+
+def test_the_dispatch_task_of_a_data_parallel_trial_holds_no_resources():
+    from orchestrator.numerics._dp_draft import dispatch_options, is_data_parallel
+
+    options = {"num_cpus": 1.0, "num_gpus": 0.5, "memory": 1 << 30, "resources": {"ssd": 1}, "max_retries": 0}
+    assert dispatch_options(make_trial(world_size=1).to_dict(), dict(options)) == options
+    two = make_trial(world_size=2).to_dict()
+    assert is_data_parallel(two) and not is_data_parallel(make_trial(grad_accumulation=4).to_dict())
+    assert dispatch_options(two, dict(options)) == {"num_cpus": 0, "num_gpus": 0, "max_retries": 0}
+
+
+@pytest.mark.slow
+def test_a_world_size_the_cluster_can_never_hold_fails_at_once_with_the_fix(ray_session):
+    from orchestrator.numerics._dp_draft import run_data_parallel_trial
+
+    payload = run_data_parallel_trial(make_trial(world_size=4).to_dict(), 1, cpus_per_worker=1)
+    result = payload["result"]
+    assert result["state"] == "FAILED"
+    assert "world_size 4 needs 4 x 1 CPU (the cluster has 2)" in result["error"] and "Resources(cpus=0.5)" in result["error"]
