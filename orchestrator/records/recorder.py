@@ -29,6 +29,7 @@ from ..errors import OrchestratorError, did_you_mean
 from . import tags as T
 from .environment import code_version as current_code_version
 from .environment import fingerprint
+from .summary import trial_run_name
 from .store import (
     BATCH_KEYS,
     BATCH_METRICS,
@@ -325,7 +326,7 @@ class ExecutionRecorder:
             T.CELL_ID: trial.cell_id,
             T.REPLICATE: str(trial.replicate),
             T.MLFLOW_PARENT_RUN_ID: self.info.parent_run_id,
-            T.MLFLOW_RUN_NAME: f"{trial.cell_id[:8]}-r{trial.replicate}",
+            T.MLFLOW_RUN_NAME: trial_run_name(trial),
             T.TRIAL: trial_typed(trial),
         }
 

@@ -119,11 +119,14 @@ class TrackingStore:
     def experiment_id(self, study_name: str, *, create: bool = False) -> str | None:
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is not None:
+            if create and T.EXPERIMENT_KIND not in experiment.tags:
+                # made before the kind was recorded: a writer is opening it, so say it holds training runs
+                self.client.set_experiment_tag(experiment.experiment_id, T.EXPERIMENT_KIND, T.EXPERIMENT_KIND_TRAINING)
             return str(experiment.experiment_id)
         if not create:
             return None
         try:
-            return str(self.client.create_experiment(study_name, artifact_location=self.artifact_root, tags={T.EXPERIMENT_STUDY: study_name}))
+            return str(self.client.create_experiment(study_name, artifact_location=self.artifact_root, tags={T.EXPERIMENT_STUDY: study_name, T.EXPERIMENT_KIND: T.EXPERIMENT_KIND_TRAINING}))
         except Exception:  # noqa: BLE001 - a concurrent driver may have created it first
             experiment = self.client.get_experiment_by_name(study_name)
             if experiment is None:

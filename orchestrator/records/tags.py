@@ -19,6 +19,8 @@ __all__ = [
     "ENVIRONMENT",
     "ENV_PREFIX",
     "EXECUTION_ID",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TRAINING",
     "EXPERIMENT_STUDY",
     "FINAL_STEP",
     "INFO",
@@ -27,6 +29,7 @@ __all__ = [
     "LINEAGE",
     "MLFLOW_PARENT_RUN_ID",
     "MLFLOW_RUN_NAME",
+    "MLFLOW_NOTE",
     "MLFLOW_SOURCE_NAME",
     "MODE",
     "REPLICATE",
@@ -85,6 +88,13 @@ EXPERIMENT_STUDY = "orchestrator.study"
 MLFLOW_RUN_NAME = "mlflow.runName"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_NOTE = "mlflow.note.content"
+"""A run's description (Markdown), shown on its page in the UI: the execution's question and shares."""
+
+# -- the experiment (one per study)
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+"""Says the experiment holds training runs, not GenAI traces (the UI's "Model training" view)."""
 
 # -- artifacts of the parent run
 ARTIFACT_DESIGN = "design.csv"
