@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import enum
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from ..definition.study import Study
     from ..design.trial import Trial
 
-__all__ = ["Records", "list_executions", "load_curves", "load_results", "log_artifacts", "study_status"]
+__all__ = ["Records", "ResultsSource", "list_executions", "load_curves", "load_results", "log_artifacts", "study_status"]
 
 LATEST = "latest"
 PREVIOUS = "previous"
@@ -47,6 +48,24 @@ def _resolve_study(study: "Study | str", variant: str | None) -> "Study":
             return study.with_variant(variant)
         return study if study.variant is not None else study.with_variant(None)
     return load_study(study, variant)
+
+
+class ResultsSource(str, enum.Enum):
+    """Where :meth:`Records.results` reads the trials from."""
+
+    AUTO = "auto"
+    """The results tables when every execution of the lineage has a complete one, else the runs."""
+    TABLE = "table"
+    """The results tables only (an error when one is missing or incomplete)."""
+    RUNS = "runs"
+    """The per-trial MLflow runs (``search_runs``; slow for 1e4+ trials)."""
+
+    @classmethod
+    def parse(cls, value: "ResultsSource | str") -> "ResultsSource":
+        try:
+            return cls(value)
+        except ValueError:
+            raise OrchestratorError(f"results source: expected one of {', '.join(s.value for s in cls)}, found {value!r}. {did_you_mean(str(value), [s.value for s in cls])}") from None
 
 
 class Records:
@@ -154,11 +173,8 @@ class Records:
 
     def _selected_runs(self, execution: str | None) -> tuple[str, "Run", list["Run"], dict[str, "Run"]]:
         """Experiment id, the target parent run, its lineage's parents up to it, and one run per trial_id."""
-        experiment_id, _ = self._all_parents()
-        target = self.resolve(execution)
-        parents = self.parents()
+        experiment_id, target, chain = self._chain(execution)
         lineage = target.data.tags.get(T.LINEAGE)
-        chain = [r for r in parents if r.data.tags.get(T.LINEAGE) == lineage and r.info.start_time <= target.info.start_time]
         allowed = {r.data.tags.get(T.EXECUTION_ID) for r in chain}
         chosen: dict[str, Run] = {}
         for run in self.store.search(experiment_id, f"tags.{T.LINEAGE} = '{lineage}' and tags.{T.RUN_KIND} = '{T.KIND_TRIAL}'"):
@@ -172,7 +188,7 @@ class Records:
         return experiment_id, target, chain, chosen
 
     # -- results ------------------------------------------------------------------------
-    def results(self, execution: str | None = None) -> tuple["pd.DataFrame", dict[str, Any]]:
+    def results(self, execution: str | None = None, source: "ResultsSource | str" = "auto") -> tuple["pd.DataFrame", dict[str, Any]]:
         """One row per trial of an execution (the latest by default), typed per the study.
 
         Within a resume lineage the rows of earlier executions count: a trial finished by the
@@ -184,15 +200,54 @@ class Records:
             ``seed_<stream>``, ``seed_index_<stream>``, every final metric (float), and from the
             trial's recorded info ``deterministic`` (bool) and ``param_hash`` (str or None).
             ``meta`` has ``experiment_id``, ``parent_run_id``, ``execution_id``, ``lineage``,
-            ``environment``, ``study_hash``, ``variant``, ``tracking_uri``, ``code_version``.
+            ``environment``, ``study_hash``, ``variant``, ``tracking_uri``, ``code_version``, and
+            ``source``: ``table`` or ``runs``, where the rows were read from.
+
+        ``source``: ``auto`` reads the executions' results tables (Parquet artifacts of their
+        parent runs; seconds for 1e5 trials) when every execution of the lineage has a complete
+        one, else the per-trial runs; ``table`` or ``runs`` forces one.
 
         Raises:
-            TrackingError: no such experiment or execution.
+            TrackingError: no such experiment or execution; ``source="table"`` and no complete table.
         """
         import pandas as pd
 
         study = self.study
-        experiment_id, target, chain, chosen = self._selected_runs(execution)
+        wanted = ResultsSource.parse(source)
+        experiment_id, target, chain = self._chain(execution)
+        frame = self._table(chain) if wanted is not ResultsSource.RUNS else None
+        if frame is None and wanted is ResultsSource.TABLE:
+            raise TrackingError(
+                f"execution {target.data.tags.get(T.EXECUTION_ID)} of {study.name!r} has no complete results table "
+                "(recorded before tables existed, records still pending, or still running); expected one per execution of the lineage. "
+                f"Run orchestrator sync {study.source_file or study.name}, or read the runs (source='runs')."
+            )
+        rows = self._rows_from_table(frame) if frame is not None else self._rows_from_runs(execution)
+        df = pd.DataFrame(rows)
+        if not df.empty:
+            order = {t.trial_id: t.order for t in self._trials()}
+            df["_order"] = df["trial_id"].map(order)
+            df = df.sort_values(["_order", "trial_id"], na_position="last").drop(columns="_order").reset_index(drop=True)
+        tags = target.data.tags
+        meta = {
+            "experiment_id": experiment_id,
+            "parent_run_id": target.info.run_id,
+            "execution_id": tags.get(T.EXECUTION_ID),
+            "lineage": tags.get(T.LINEAGE),
+            "executions": [r.data.tags.get(T.EXECUTION_ID) for r in chain],
+            "environment": json.loads(tags.get(T.ENVIRONMENT, "{}")),
+            "study_hash": tags.get(T.STUDY_HASH),
+            "study": study.name,
+            "variant": tags.get(T.VARIANT),
+            "code_version": tags.get(T.CODE_VERSION),
+            "tracking_uri": self.store.uri,
+            "source": ResultsSource.TABLE.value if frame is not None else ResultsSource.RUNS.value,
+        }
+        return df, meta
+
+    def _rows_from_runs(self, execution: str | None) -> list[dict[str, Any]]:
+        study = self.study
+        _, _, _, chosen = self._selected_runs(execution)
         streams = list(study.seed_streams)
         rows = []
         for trial_id, run in chosen.items():
@@ -216,26 +271,78 @@ class Records:
             row["deterministic"] = bool(info.get("deterministic", False))
             row["param_hash"] = info.get("param_hash")
             rows.append(row)
-        df = pd.DataFrame(rows)
-        if not df.empty:
-            order = {t.trial_id: t.order for t in self._trials()}
-            df["_order"] = df["trial_id"].map(order)
-            df = df.sort_values(["_order", "trial_id"], na_position="last").drop(columns="_order").reset_index(drop=True)
-        tags = target.data.tags
-        meta = {
-            "experiment_id": experiment_id,
-            "parent_run_id": target.info.run_id,
-            "execution_id": tags.get(T.EXECUTION_ID),
-            "lineage": tags.get(T.LINEAGE),
-            "executions": [r.data.tags.get(T.EXECUTION_ID) for r in chain],
-            "environment": json.loads(tags.get(T.ENVIRONMENT, "{}")),
-            "study_hash": tags.get(T.STUDY_HASH),
-            "study": study.name,
-            "variant": tags.get(T.VARIANT),
-            "code_version": tags.get(T.CODE_VERSION),
-            "tracking_uri": self.store.uri,
-        }
-        return df, meta
+        return rows
+
+    def _chain(self, execution: str | None) -> tuple[str, "Run", list["Run"]]:
+        """Experiment id, the target parent run and its lineage's parents up to it (oldest first)."""
+        experiment_id, _ = self._all_parents()
+        target = self.resolve(execution)
+        lineage = target.data.tags.get(T.LINEAGE)
+        chain = [r for r in self.parents() if r.data.tags.get(T.LINEAGE) == lineage and r.info.start_time <= target.info.start_time]
+        return experiment_id, target, chain
+
+    def _table(self, chain: list["Run"]) -> "pd.DataFrame | None":
+        """The lineage's results tables, concatenated; None when one is missing or incomplete."""
+        import tempfile
+
+        import pandas as pd
+
+        from .table import PART_FOLDER, RUN_IDS, read_table
+
+        frames = []
+        for parent in chain:
+            tags = parent.data.tags
+            parts = tags.get(T.RESULTS_PARTS)
+            if tags.get(T.RESULTS_TABLE) != PART_FOLDER or parts is None or parent.info.status == "RUNNING":
+                return None
+            if int(parts) == 0:
+                continue
+            with tempfile.TemporaryDirectory(prefix="orchestrator-table-") as folder:
+                try:
+                    local = Path(self.store.client.download_artifacts(parent.info.run_id, PART_FOLDER, folder))
+                except Exception:  # noqa: BLE001 - not uploaded (records pending): read the runs
+                    return None
+                if len(list(local.glob("part-*.parquet"))) != int(parts) or not (local / RUN_IDS).is_file():
+                    return None
+                frames.append(read_table(local))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def _rows_from_table(self, frame: "pd.DataFrame") -> list[dict[str, Any]]:
+        from .table import METRIC_PREFIX
+
+        study = self.study
+        if frame.empty:
+            return []
+        # one row per trial: FINISHED beats anything else, then the later start (as for runs)
+        frame = frame.assign(_finished=(frame["state"] == "FINISHED").astype(int), _start=frame["started_ms"].fillna(0))
+        frame = frame.sort_values(["_finished", "_start"]).drop_duplicates("trial_id", keep="last")
+        metric_columns = [c for c in frame.columns if c.startswith(METRIC_PREFIX)]
+        streams = list(study.seed_streams)
+        rows = []
+        for record in frame.to_dict("records"):
+            typed = json.loads(record["trial"])
+            info = json.loads(record["info"] or "{}")
+            row: dict[str, Any] = {
+                "trial_id": record["trial_id"],
+                "cell_id": record["cell_id"],
+                "replicate": int(record["replicate"]),
+                "state": record["state"],
+                "run_id": record.get("run_id"),
+                "execution_id": record["execution_id"],
+            }
+            for name in study.factor_names:
+                row[name] = typed["levels"].get(name)
+            for stream in streams:
+                row[f"{T.SEED_PREFIX}{stream}"] = typed["seeds"].get(stream)
+                row[f"seed_index_{stream}"] = typed.get("seed_index", {}).get(stream)
+            for column in metric_columns:
+                value = record[column]
+                if value == value:  # a metric this trial did not report is absent, as in its run
+                    row[column[len(METRIC_PREFIX):]] = float(value)
+            row["deterministic"] = bool(info.get("deterministic", False))
+            row["param_hash"] = info.get("param_hash")
+            rows.append(row)
+        return rows
 
     def _trials(self) -> list["Trial"]:
         """The current plan's trials (planned once per handle; none when the study cannot be planned)."""

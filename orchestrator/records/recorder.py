@@ -13,10 +13,10 @@ from __future__ import annotations
 import enum
 import json
 import os
-import queue
+import shutil
 import socket
+import tempfile
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +30,7 @@ from . import tags as T
 from .environment import code_version as current_code_version
 from .environment import fingerprint
 from .summary import trial_run_name
+from .journal import JOURNAL_ENV, EntryKind, Journal, journal_root
 from .store import (
     BATCH_KEYS,
     BATCH_METRICS,
@@ -43,13 +44,36 @@ from .store import (
     metric_entities,
     now_ms,
     param_entities,
+    quiet_client,
     tag_entities,
 )
+from .table import DEFAULT_ROWS_PER_PART, PART_FOLDER, RUN_IDS, part_name, table_rows, write_part, write_run_ids
+from .writers import WriterPool
 
 if TYPE_CHECKING:
-    from ..design.plan import Plan
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
-__all__ = ["ExecutionInfo", "ExecutionRecorder", "Mode", "new_execution_id", "trial_params", "trial_typed"]
+    from ..design.plan import Plan
+    from .replay import SyncReport
+
+__all__ = [
+    "ExecutionInfo",
+    "ExecutionRecorder",
+    "Mode",
+    "default_retry_budget_s",
+    "default_writers",
+    "new_execution_id",
+    "trial_params",
+    "trial_typed",
+    "write_trial_run",
+]
+
+WRITERS_ENV = "ORCHESTRATOR_RECORD_WRITERS"
+"""Writer threads for per-trial runs (default: 1 for SQLite, 8 otherwise)."""
+RETRY_ENV = "ORCHESTRATOR_RECORD_RETRY_S"
+"""Seconds the store may keep failing before records are left pending in the journal."""
+DEFAULT_RETRY_BUDGET_S = 120.0
 
 
 class Mode(str, enum.Enum):
@@ -129,18 +153,120 @@ def _driver_alive(tag: str | None) -> bool:
     return True
 
 
+def default_writers(uri: str) -> int:
+    """Writer threads for a store: one for SQLite (it takes one writer at a time), 8 for a server or database."""
+    env = os.environ.get(WRITERS_ENV)
+    if env:
+        return max(1, int(env))
+    return 1 if uri.startswith("sqlite:") else 8
+
+
+def default_retry_budget_s() -> float:
+    """How long the store may stay unreachable before records are left pending (``$ORCHESTRATOR_RECORD_RETRY_S``, else 120 s)."""
+    return float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_BUDGET_S))
+
+
+def trial_tags(header: Mapping[str, Any], trial: Trial) -> dict[str, str]:
+    """Tags a trial's run is created with (the execution's base tags, the trial's identity)."""
+    return {
+        **header["base_tags"],
+        T.RUN_KIND: T.KIND_TRIAL,
+        T.TRIAL_ID: trial.trial_id,
+        T.CELL_ID: trial.cell_id,
+        T.REPLICATE: str(trial.replicate),
+        T.MLFLOW_PARENT_RUN_ID: header["parent_run_id"],
+        T.MLFLOW_RUN_NAME: trial_run_name(trial),
+        T.TRIAL: trial_typed(trial),
+    }
+
+
+def outcome_tags(entry: Mapping[str, Any]) -> dict[str, str]:
+    """Tags known once a trial ended: attempts, the final step, the worker's environment, its info."""
+    result = entry["result"]
+    tags = {T.ATTEMPTS: str(result.get("attempts", 1)), T.FINAL_STEP: str(entry["final_step"])}
+    environment = entry.get("environment") or {}
+    tags.update({f"{T.ENV_PREFIX}{k}": clip(str(v), 250) for k, v in environment.items() if v is not None})
+    if result.get("info"):
+        tags[T.INFO] = clip(json.dumps(result["info"], sort_keys=True, default=str), TAG_MAX)
+    return tags
+
+
+def write_trial_run(
+    client: "MlflowClient", header: Mapping[str, Any], entry: Mapping[str, Any], run_id: str | None, on_created: Callable[[str], None] = lambda run_id: None
+) -> str:
+    """Write one trial's run from its journal entry; returns the run id.
+
+    With ``run_id`` None a run is created (tags in ``create_run``, params and the first
+    metrics in one ``log_batch``); otherwise that run (created by live metrics, or left
+    half-written by a driver that died) is completed. Every write is idempotent (MLflow
+    ignores a metric logged twice with the same step, timestamp and value, and a param
+    logged twice with the same value), so a write cut short is simply written again.
+    Three calls for a short trial: ``create_run``, ``log_batch``, ``set_terminated``.
+    """
+    trial = Trial.from_dict(entry["trial"])
+    result = entry["result"]
+    tags = outcome_tags(entry)
+    ended = int(entry["ended_ms"])
+    metrics = [m for step, values, ts in entry.get("curve") or () for m in metric_entities(values, step, ts)]
+    metrics += metric_entities(result.get("metrics") or {}, int(entry["final_step"]), ended)
+    started = entry.get("started_ms") or ended
+    if run_id is None:
+        run = client.create_run(header["experiment_id"], start_time=started, tags={**trial_tags(header, trial), **tags})
+        run_id = str(run.info.run_id)
+        on_created(run_id)
+        params = param_entities(trial_params(trial))
+        first_params, params = params[:BATCH_KEYS], params[BATCH_KEYS:]
+        first_metrics, metrics = metrics[: BATCH_METRICS - len(first_params)], metrics[BATCH_METRICS - len(first_params):]
+        client.log_batch(run_id, metrics=first_metrics, params=first_params)
+        for chunk in chunks(params, BATCH_KEYS):
+            client.log_batch(run_id, params=chunk)
+    else:
+        client.log_batch(run_id, tags=tag_entities(tags))
+        for chunk in chunks(param_entities(trial_params(trial)), BATCH_KEYS):
+            client.log_batch(run_id, params=chunk)
+    for chunk in chunks(metrics, BATCH_METRICS):
+        client.log_batch(run_id, metrics=chunk)
+    if result.get("error"):
+        client.log_text(run_id, result["error"], T.ARTIFACT_TRACEBACK)
+    wall = (result.get("metrics") or {}).get("wall_time_s")
+    end = int(started + wall * 1000) if entry.get("started_ms") and wall is not None and int(result.get("attempts", 1)) == 1 else ended
+    client.set_terminated(run_id, result["state"], end_time=end)
+    return run_id
+
+
+def find_trial_runs(store: TrackingStore, experiment_id: str, execution_id: str, trial_id: str | None = None) -> dict[str, list["Run"]]:
+    """An execution's trial runs by trial id (one search)."""
+    query = f"tags.{T.EXECUTION_ID} = '{execution_id}' and tags.{T.RUN_KIND} = '{T.KIND_TRIAL}'"
+    if trial_id is not None:
+        query += f" and tags.{T.TRIAL_ID} = '{trial_id}'"
+    found: dict[str, list[Run]] = {}
+    for run in store.search(experiment_id, query):
+        found.setdefault(run.data.tags.get(T.TRIAL_ID, ""), []).append(run)
+    return found
+
+
 class ExecutionRecorder:
     """The one writer of an execution's records, on the driver.
 
-    :meth:`begin` runs synchronously (it decides what to run); everything after it is
-    queued to one background thread, so logging overlaps with the trials and never
-    blocks dispatch. :meth:`close` waits for the queue to drain.
+    :meth:`begin` runs synchronously: it replays what earlier executions of the study left
+    pending in their journals, closes stale runs, decides what to run, opens the parent
+    run and the execution's journal. After it, nothing waits for the store:
+
+    * :meth:`trial_done` appends the trial to the journal (group-committed, fsync'd) and
+      to the results table, and only then queues its MLflow run to a pool of writers
+      (:class:`~orchestrator.records.writers.WriterPool`; one for SQLite, 8 for a server);
+    * live metric batches go straight to the writers (same thread as their trial's record);
+    * :meth:`close` waits for the writers (within the retry budget), uploads the last part
+      of the results table and the run ids, and closes the parent run. What could not be
+      written stays pending in the journal (:attr:`pending`), for ``orchestrator sync``.
 
     Example:
         >>> recorder = ExecutionRecorder(open_store(), plan, mode="resume")   # doctest: +SKIP
         >>> to_run = recorder.begin()                                          # doctest: +SKIP
         >>> recorder.trial_done(trial, result, curve)                          # doctest: +SKIP
         >>> recorder.close("FINISHED", counts)                                 # doctest: +SKIP
+        >>> recorder.pending                                                   # doctest: +SKIP
+        0
     """
 
     def __init__(
@@ -151,6 +277,9 @@ class ExecutionRecorder:
         mode: Mode | str = Mode.RESUME,
         environment: Mapping[str, Any] | None = None,
         code_version: str | None = None,
+        writers: int | None = None,
+        retry_budget_s: float | None = None,
+        rows_per_part: int = DEFAULT_ROWS_PER_PART,
     ):
         self.store = store
         self.plan = plan
@@ -158,17 +287,32 @@ class ExecutionRecorder:
         self.mode = Mode.parse(mode)
         self.environment = dict(environment or fingerprint())
         self.code_version = code_version or current_code_version()
+        self.writers = writers or default_writers(store.uri)
+        self.retry_budget_s = default_retry_budget_s() if retry_budget_s is None else float(retry_budget_s)
+        self.rows_per_part = max(1, int(rows_per_part))
         self.info: ExecutionInfo | None = None
         self.run_ids: dict[str, str] = {}
         self.errors: list[str] = []
         self.stale_closed = 0
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._base_tags: dict[str, str] = {}
+        self.replayed: SyncReport | None = None
+        self.pending = 0
+        self.journal: Journal | None = None
+        self._pool: WriterPool | None = None
+        self._header: dict[str, Any] = {}
+        self._live_latest: dict[str, dict[str, tuple[int, int, float]]] = {}
+        self._rows: list[dict[str, Any]] = []
+        self._parts = 0
+        self._lock = threading.Lock()
+        self._spool = Path(tempfile.mkdtemp(prefix="orchestrator-results-"))
+        self._tried: set[str] = set()
+        self._journaled = 0
+        self._recorded = 0
+        self._parts_uploaded = 0
+        self._parent_closed = False
 
     # -- before any trial ---------------------------------------------------------------
     def begin(self, execution_id: str | None = None) -> list[Trial]:
-        """Close stale runs, open the parent run and return the trials this execution must run.
+        """Replay pending journals, close stale runs, open the parent run; return the trials to run.
 
         Raises:
             ExecutionInProgressError: a live driver on this host is executing this study.
@@ -176,6 +320,7 @@ class ExecutionRecorder:
         """
         client = self.store.client
         study = self.study
+        quiet_client(self.store.uri)
         try:
             experiment_id = self.store.create_experiment(study.name)
             parents = self.store.search(experiment_id, f"tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'")
@@ -187,6 +332,16 @@ class ExecutionRecorder:
                     f"study {study.name!r} is being executed by another driver ({run.data.tags.get(T.DRIVER)}, execution "
                     f"{run.data.tags.get(T.EXECUTION_ID)}); expected none. Wait for it to end, or stop it with Ctrl-C, then run again."
                 )
+        from .replay import sync_study
+
+        # before anything is decided: trials an earlier driver finished but could not record count as done
+        self.replayed = sync_study(self.store, study.name, retry_budget_s=self.retry_budget_s)
+        if self.replayed.left_pending:
+            raise TrackingStoreError(
+                f"{self.replayed.left_pending} records of earlier executions of {study.name!r} are still pending in "
+                f"{journal_root(self.store.uri)} and the store {self.store.uri} refused them: {'; '.join(self.replayed.errors[:3])}. "
+                "Expected them written before new trials run; fix the store, then run again (or orchestrator sync)."
+            )
         self.stale_closed = self._close_stale(experiment_id)
         execution_id = execution_id or new_execution_id()
         same_variant = sorted((r for r in parents if r.data.tags.get(T.VARIANT) == study.variant), key=lambda r: r.info.start_time)
@@ -200,7 +355,7 @@ class ExecutionRecorder:
         to_run = [t for t in self.plan.trials if t.trial_id not in done]
 
         env_tags = {f"{T.ENV_PREFIX}{k}": clip(str(v), 250) for k, v in self.environment.items() if v is not None}
-        self._base_tags = {
+        base_tags = {
             T.STUDY: study.name,
             T.STUDY_HASH: study.definition_hash,
             T.VARIANT: str(study.variant),
@@ -210,12 +365,13 @@ class ExecutionRecorder:
             **env_tags,
         }
         tags = {
-            **self._base_tags,
+            **base_tags,
             T.RUN_KIND: T.KIND_EXECUTION,
             T.MODE: self.mode.value,
             T.DRIVER: f"{socket.gethostname()}:{os.getpid()}",
             T.MLFLOW_RUN_NAME: f"execution {execution_id}",
             T.ENVIRONMENT: clip(json.dumps(self.environment, sort_keys=True, default=str), TAG_MAX),
+            T.RESULTS_TABLE: PART_FOLDER,
         }
         if study.source_file:
             tags[T.MLFLOW_SOURCE_NAME] = str(study.source_file)
@@ -237,8 +393,28 @@ class ExecutionRecorder:
         except Exception as exc:  # noqa: BLE001
             raise TrackingStoreError(f"tracking store {self.store.uri} refused to record execution of {study.name!r}: {type(exc).__name__}: {exc}") from None
         self.info = ExecutionInfo(execution_id, lineage, parent_id, experiment_id, self.mode)
-        self._thread = threading.Thread(target=self._drain, name="orchestrator-recorder", daemon=True)
-        self._thread.start()
+        self._header = {
+            "execution_id": execution_id,
+            "tracking_uri": self.store.uri,
+            "study": study.name,
+            "variant": str(study.variant),
+            "experiment_id": experiment_id,
+            "parent_run_id": parent_id,
+            "lineage": lineage,
+            "rows_per_part": self.rows_per_part,
+            "planned": len(self.plan.trials),
+            "skipped": len(self.plan.trials) - len(to_run),
+            "base_tags": base_tags,
+            "driver": f"{socket.gethostname()}:{os.getpid()}",
+        }
+        try:
+            self.journal = Journal.create(journal_root(self.store.uri), study.name, self._header)
+        except OSError as exc:
+            raise TrackingStoreError(
+                f"the results journal of {study.name!r} cannot be written under {journal_root(self.store.uri)} ({exc.strerror or exc}); "
+                f"expected a writable folder. Set {JOURNAL_ENV} to one."
+            ) from None
+        self._pool = WriterPool(self.writers, self.retry_budget_s)
         return to_run
 
     def _close_stale(self, experiment_id: str) -> int:
@@ -251,10 +427,17 @@ class ExecutionRecorder:
             closed += 1
         return closed
 
-    # -- while trials run (queued to the writer thread) -----------------------------------
+    # -- while trials run ---------------------------------------------------------------
     def trial_metrics(self, trial: Trial, batch: Sequence[tuple[int, Mapping[str, float], int]]) -> None:
         """Log a live batch of per-step metrics ``(step, metrics, timestamp_ms)`` (creates the run if needed)."""
-        self._put(lambda: self._log_live(trial, list(batch)))
+        batch = list(batch)
+        latest = self._live_latest.setdefault(trial.trial_id, {})
+        for step, values, ts in batch:
+            for key, value in values.items():
+                point = (int(step), int(ts), float(value))
+                if key not in latest or point[:2] >= latest[key][:2]:
+                    latest[key] = point
+        self._writers().put(trial.trial_id, lambda: self._log_live(trial, batch))
 
     def trial_done(
         self,
@@ -267,126 +450,152 @@ class ExecutionRecorder:
     ) -> None:
         """Record a trial's outcome (FINISHED, FAILED or KILLED) with the rest of its curve.
 
+        The journal gets it first (fsync'd); its MLflow run is written after that, by a writer.
         ``last_step`` is the last step the trial logged (live batches included); final
         metrics are logged one step after it. ``environment`` is the worker's fingerprint.
         """
-        self._put(lambda: self._log_done(trial, result, list(curve), started_ms, last_step, environment))
+        curve = [(int(s), dict(v), int(ts)) for s, v, ts in curve]
+        entry = {
+            "kind": EntryKind.TRIAL.value,
+            "trial": trial.to_dict(),
+            "result": result.to_dict(),
+            "curve": curve,
+            "started_ms": started_ms,
+            "ended_ms": now_ms(),
+            "final_step": max([last_step, *(step for step, _, _ in curve)]) + 1,
+            "environment": dict(environment) if environment else None,
+            "live_latest": {k: list(v) for k, v in self._live_latest.pop(trial.trial_id, {}).items()},
+        }
+        journal = self._journal()
+        pool = self._writers()
+        with self._lock:
+            self._rows.extend(table_rows([entry], self._header["execution_id"]))
+            self._journaled += 1
+            full = len(self._rows) >= self.rows_per_part
+        journal.append(entry, then=lambda: pool.put(trial.trial_id, lambda: self._log_done(trial, result, entry)))
+        if full:
+            self._cut_part()
 
     def flush(self) -> None:
-        """Wait until everything queued so far is in the store."""
-        if self._thread is not None:
-            self._queue.join()
+        """Wait until everything recorded so far is journaled and written (or given up)."""
+        if self.journal is not None:
+            self.journal.flush()
+        if self._pool is not None:
+            self._pool.flush()
 
-    def close(self, status: str, counts: Mapping[str, float]) -> None:
-        """Drain the queue, log the execution's counts and end the parent run with ``status``."""
-        if self.info is None:
-            return
-        self.flush()
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def close(self, status: str, counts: Mapping[str, float]) -> int:
+        """Finish the records: writers drained, results table complete, parent run closed.
+
+        Returns:
+            how many records are left pending in the journal (0 when everything is in the store).
+        """
+        if self.info is None or self.journal is None or self._pool is None:
+            return 0
+        journal, pool = self.journal, self._pool
+        journal.append({"kind": EntryKind.CLOSED.value, "status": status, "counts": dict(counts)})
+        journal.flush()
+        self._cut_part(final=True)
+        journal.flush()  # the parts' uploads are queued once their rows are on disk
+        pool.flush()
+        if self.run_ids:
+            ids = dict(self.run_ids)
+            path = write_run_ids(ids, self._spool / "ids" / RUN_IDS)
+            pool.put("results-table", lambda: self.store.client.log_artifact(self.info.parent_run_id, str(path), PART_FOLDER))  # type: ignore[union-attr]
+        pool.put("parent", lambda: self._close_parent(status, counts))
+        pool.close()
+        journal.flush()
+        self.pending = (self._journaled - self._recorded) + (0 if self._parent_closed else 1)
+        self.errors.extend(pool.errors)
+        journal.close(synced=self.pending == 0 and self._parts_uploaded == self._parts)
+        shutil.rmtree(self._spool, ignore_errors=True)
+        return self.pending
+
+    def _close_parent(self, status: str, counts: Mapping[str, float]) -> None:
         client = self.store.client
-        try:
-            client.log_batch(self.info.parent_run_id, metrics=metric_entities(dict(counts), 0), tags=tag_entities({T.STATUS: status}))
-            client.set_terminated(self.info.parent_run_id, status)
-        except Exception as exc:  # noqa: BLE001
-            self.errors.append(f"parent run: {exc}")
+        info = self.info
+        if info is None:  # pragma: no cover - begin() runs first
+            return
+        with self._lock:
+            pending = self._journaled - self._recorded
+        client.log_batch(
+            info.parent_run_id,
+            metrics=metric_entities({**counts, T.RECORDS_PENDING: pending}, 0),
+            tags=tag_entities({T.STATUS: status, T.RESULTS_PARTS: str(self._parts)}),
+        )
+        client.set_terminated(info.parent_run_id, status)
+        self._journal().append({"kind": EntryKind.PARENT.value, "status": status})
+        self._parent_closed = True
 
-    def _put(self, job: Callable[[], None]) -> None:
-        if self._thread is None:
+    def _journal(self) -> Journal:
+        if self.journal is None:
             raise RuntimeError("ExecutionRecorder.begin() must be called before recording trials")
-        self._queue.put(job)
+        return self.journal
 
-    def _drain(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                for attempt in range(3):
-                    try:
-                        job()
-                        break
-                    except Exception as exc:  # noqa: BLE001 - a busy store gets another chance
-                        if attempt == 2:
-                            self.errors.append(f"{type(exc).__name__}: {exc}")
-                        else:
-                            time.sleep(0.2 * (attempt + 1))
-            finally:
-                self._queue.task_done()
+    def _writers(self) -> WriterPool:
+        if self._pool is None:
+            raise RuntimeError("ExecutionRecorder.begin() must be called before recording trials")
+        return self._pool
 
-    def _trial_tags(self, trial: Trial) -> dict[str, str]:
-        if self.info is None:  # pragma: no cover - begin() runs first
-            raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
-        return {
-            **self._base_tags,
-            T.RUN_KIND: T.KIND_TRIAL,
-            T.TRIAL_ID: trial.trial_id,
-            T.CELL_ID: trial.cell_id,
-            T.REPLICATE: str(trial.replicate),
-            T.MLFLOW_PARENT_RUN_ID: self.info.parent_run_id,
-            T.MLFLOW_RUN_NAME: trial_run_name(trial),
-            T.TRIAL: trial_typed(trial),
-        }
+    def _cut_part(self, final: bool = False) -> None:
+        """Write the rows gathered so far as the next part of the results table and queue its upload."""
+        with self._lock:
+            if not self._rows or (not final and len(self._rows) < self.rows_per_part):
+                return
+            rows, self._rows = self._rows[: self.rows_per_part], self._rows[self.rows_per_part:]
+            index = self._parts
+            self._parts += 1
+        path = write_part(rows, self._spool / f"part{index}" / part_name(index))
+        info, journal = self.info, self._journal()
 
-    def _create(self, trial: Trial, start_ms: int | None) -> str:
-        if self.info is None:  # pragma: no cover - begin() runs first
-            raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
-        run = self.store.client.create_run(self.info.experiment_id, start_time=start_ms or now_ms(), tags=self._trial_tags(trial))
-        run_id = str(run.info.run_id)
-        self.run_ids[trial.trial_id] = run_id
-        params = param_entities(trial_params(trial))
-        for chunk in chunks(params, BATCH_KEYS):
-            self.store.client.log_batch(run_id, params=chunk)
-        return run_id
+        def upload() -> None:
+            self.store.client.log_artifact(info.parent_run_id, str(path), PART_FOLDER)  # type: ignore[union-attr]
+            journal.append({"kind": EntryKind.TABLE.value, "part": index}, durable=False)
+            with self._lock:
+                self._parts_uploaded += 1
+
+        # queued once the records journaled so far are on disk: a part never holds a trial the journal lacks
+        journal.then(lambda: self._writers().put(f"results-part-{index}", upload))
+        if final and self._rows:
+            self._cut_part(final=True)
 
     def _log_live(self, trial: Trial, batch: list[tuple[int, Mapping[str, float], int]]) -> None:
-        run_id = self.run_ids.get(trial.trial_id) or self._create(trial, batch[0][2] if batch else None)
-        metrics = [m for step, values, ts in batch for m in metric_entities(values, step, ts)]
-        for chunk in chunks(metrics, BATCH_METRICS):
-            self.store.client.log_batch(run_id, metrics=chunk)
-
-    def _log_done(
-        self,
-        trial: Trial,
-        result: TrialResult,
-        curve: list[tuple[int, Mapping[str, float], int]],
-        started_ms: int | None,
-        last_step: int,
-        environment: Mapping[str, Any] | None,
-    ) -> None:
         client = self.store.client
         run_id = self.run_ids.get(trial.trial_id)
-        final_step = max([last_step, *(step for step, _, _ in curve)]) + 1
-        tags = {T.ATTEMPTS: str(result.attempts), T.FINAL_STEP: str(final_step)}
-        if environment:
-            tags.update({f"{T.ENV_PREFIX}{k}": clip(str(v), 250) for k, v in environment.items() if v is not None})
-        if result.info:
-            tags[T.INFO] = clip(json.dumps(result.info, sort_keys=True, default=str), TAG_MAX)
-        now = now_ms()
-        metrics = [m for step, values, ts in curve for m in metric_entities(values, step, ts)]
-        metrics += metric_entities(result.metrics, final_step, now)
         if run_id is None:
-            if self.info is None:  # pragma: no cover - begin() runs first
+            run_id = self._existing(trial.trial_id)
+        if run_id is None:
+            info = self.info
+            if info is None:  # pragma: no cover - begin() runs first
                 raise RuntimeError("ExecutionRecorder.begin() must run before trials are recorded")
-            all_tags = {**self._trial_tags(trial), **tags}
-            run = client.create_run(self.info.experiment_id, start_time=started_ms or now, tags=all_tags)
-            run_id = run.info.run_id
+            run = client.create_run(info.experiment_id, start_time=batch[0][2] if batch else now_ms(), tags=trial_tags(self._header, trial))
+            run_id = str(run.info.run_id)
             self.run_ids[trial.trial_id] = run_id
-            params = param_entities(trial_params(trial))
-            first_params, params = params[:BATCH_KEYS], params[BATCH_KEYS:]
-            first_metrics, metrics = metrics[: BATCH_METRICS - len(first_params)], metrics[BATCH_METRICS - len(first_params):]
-            client.log_batch(run_id, metrics=first_metrics, params=first_params)
-            for params_chunk in chunks(params, BATCH_KEYS):
-                client.log_batch(run_id, params=params_chunk)
-        else:
-            client.log_batch(run_id, tags=tag_entities(tags))
-        for metrics_chunk in chunks(metrics, BATCH_METRICS):
-            client.log_batch(run_id, metrics=metrics_chunk)
-        if result.error:
-            client.log_text(run_id, result.error, T.ARTIFACT_TRACEBACK)
+            for chunk in chunks(param_entities(trial_params(trial)), BATCH_KEYS):
+                client.log_batch(run_id, params=chunk)
+        metrics = [m for step, values, ts in batch for m in metric_entities(values, step, ts)]
+        for chunk in chunks(metrics, BATCH_METRICS):
+            client.log_batch(run_id, metrics=chunk)
+
+    def _existing(self, trial_id: str) -> str | None:
+        """After a failed attempt: the run an earlier try may have created (so a retry never makes a second one)."""
+        if trial_id not in self._tried:
+            return None  # first try: nothing can exist yet
+        info = self.info
+        found = find_trial_runs(self.store, info.experiment_id, info.execution_id, trial_id) if info else {}
+        runs = found.get(trial_id, [])
+        if runs:
+            self.run_ids[trial_id] = str(runs[0].info.run_id)
+            return self.run_ids[trial_id]
+        return None
+
+    def _log_done(self, trial: Trial, result: TrialResult, entry: Mapping[str, Any]) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            run_id = self._existing(trial.trial_id)
+        self._tried.add(trial.trial_id)
+        run_id = write_trial_run(self.store.client, self._header, entry, run_id, on_created=lambda rid: self.run_ids.__setitem__(trial.trial_id, rid))
+        self.run_ids[trial.trial_id] = run_id
         result.run_id = run_id
-        wall = result.metrics.get("wall_time_s")
-        end = int(started_ms + wall * 1000) if started_ms and wall is not None and result.attempts == 1 else now
-        client.set_terminated(run_id, result.state.value, end_time=end)
+        self._journal().append({"kind": EntryKind.RECORDED.value, "trial_id": trial.trial_id, "run_id": run_id}, durable=False)
+        with self._lock:
+            self._recorded += 1

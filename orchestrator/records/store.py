@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
 
 from ..errors import OrchestratorError
 from . import tags as T
@@ -47,6 +47,7 @@ __all__ = [
     "TrackingStore",
     "TrackingStoreError",
     "open_store",
+    "quiet_client",
     "resolve_tracking_uri",
 ]
 
@@ -95,10 +96,44 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def _quiet_mlflow() -> None:
+    # the client prints "View run ... / View experiment ..." after every set_terminated on a server,
+    # and fetches the run (get_run) to do so: one line pair and one round trip per trial
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow  # noqa: F401 - mlflow sets its loggers' levels on import; quiet them after
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_SQLITE_PRAGMA_SET = False
+
+
+def quiet_client(uri: str) -> None:
+    """Set the driver's MLflow client up for recording: quiet, no retries of its own, cheap SQLite commits.
+
+    * The recorder retries within its own budget (``ORCHESTRATOR_RECORD_RETRY_S``), so the
+      client's HTTP retries (7, with backoff: about two minutes) are turned off unless
+      ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set; a request times out after 30 s unless
+      ``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set.
+    * SQLite connections of this process use ``synchronous=NORMAL`` (the store is in WAL
+      mode): a commit no longer waits for the disk. Every record is already fsync'd to the
+      results journal first, so an OS crash loses nothing the journal cannot replay.
+    """
+    global _SQLITE_PRAGMA_SET
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    if uri.startswith("sqlite:") and not _SQLITE_PRAGMA_SET:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        def _normal_sync(connection: Any, record: Any) -> None:
+            if isinstance(connection, sqlite3.Connection):
+                connection.execute("PRAGMA synchronous=NORMAL")
+
+        event.listen(Engine, "connect", _normal_sync)
+        _SQLITE_PRAGMA_SET = True
 
 
 @dataclass

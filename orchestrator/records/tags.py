@@ -32,7 +32,10 @@ __all__ = [
     "MLFLOW_NOTE",
     "MLFLOW_SOURCE_NAME",
     "MODE",
+    "RECORDS_PENDING",
     "REPLICATE",
+    "RESULTS_PARTS",
+    "RESULTS_TABLE",
     "RUN_KIND",
     "SEED_PREFIX",
     "STATUS",
@@ -102,5 +105,11 @@ ARTIFACT_STUDY = "study.json"
 ARTIFACT_ENVIRONMENT = "environment.json"
 ARTIFACT_STUDY_SOURCE_DIR = "study"
 """The study file, stored as ``study/<name>.py.txt``."""
+RESULTS_TABLE = "orchestrator.results"
+"""Parent-run tag: the folder of its artifacts that holds the execution's results table (``results``)."""
+RESULTS_PARTS = "orchestrator.results_parts"
+"""Parent-run tag, set at the end: how many parts the results table has."""
+RECORDS_PENDING = "records_pending"
+"""Parent-run metric, set at the end: trial records the store did not take (0 when all are in)."""
 ARTIFACT_TRACEBACK = "traceback.txt"
 """A failed trial's traceback (child run)."""

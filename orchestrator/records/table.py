@@ -1,0 +1,129 @@
+"""The results table: one row per trial of an execution, columnar (Parquet), read in one go.
+
+Per-trial MLflow runs are what a person browses; reading 1e5 of them back through
+``search_runs`` takes many minutes. Each execution therefore also stores its trials as a
+table, artifacts of its parent run under ``results/``:
+
+* ``results/part-00000.parquet``, ``part-00001.parquet``, ...: the trials in the order the
+  journal holds them, ``rows_per_part`` to a part (uploaded as each part fills, and the
+  last one at the end), so a long study's table is there while it runs;
+* ``results/run_ids.parquet``: ``trial_id`` -> the MLflow run that records it (written at
+  the end, once the per-trial runs are in).
+
+Parts are cut from the journal deterministically (part *k* = trial entries *k x rows* to
+*(k+1) x rows - 1*), so a replay rebuilds exactly the part that failed to upload.
+
+Columns: ``trial_id``, ``cell_id``, ``replicate``, ``state``, ``execution_id``,
+``attempts``, ``started_ms``, ``trial`` (JSON: typed levels, seeds, seed indices),
+``info`` (JSON: what the trial recorded about itself) and one float column per metric,
+``metric.<name>`` (the final value; a per-step metric's last value where the trial did not
+report it at the end), i.e. what the trial's run shows as its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["METRIC_PREFIX", "PART_FOLDER", "RUN_IDS", "part_name", "read_table", "table_rows", "write_part", "write_run_ids"]
+
+PART_FOLDER = "results"
+RUN_IDS = "run_ids.parquet"
+METRIC_PREFIX = "metric."
+DEFAULT_ROWS_PER_PART = 10_000
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def latest_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
+    """What the trial's run shows as its metrics: each key's value at its last step, final metrics last."""
+    latest: dict[str, tuple[int, int, float]] = {}
+    for key, value in (entry.get("live_latest") or {}).items():
+        latest[key] = (int(value[0]), int(value[1]), float(value[2]))
+    for step, values, ts in entry.get("curve") or ():
+        for key, value in values.items():
+            point = (int(step), int(ts), float(value))
+            if key not in latest or point[:2] >= latest[key][:2]:
+                latest[key] = point
+    out = {key: point[2] for key, point in latest.items()}
+    out.update({key: float(value) for key, value in (entry["result"].get("metrics") or {}).items()})
+    return out
+
+
+def table_rows(entries: Iterable[Mapping[str, Any]], execution_id: str) -> list[dict[str, Any]]:
+    """Rows of the results table from journal ``trial`` entries."""
+    rows = []
+    for entry in entries:
+        trial, result = entry["trial"], entry["result"]
+        row: dict[str, Any] = {
+            "trial_id": trial["trial_id"],
+            "cell_id": trial["cell_id"],
+            "replicate": int(trial["replicate"]),
+            "state": result["state"],
+            "execution_id": execution_id,
+            "attempts": int(result.get("attempts", 1)),
+            "started_ms": entry.get("started_ms"),
+            "trial": json.dumps({"levels": trial["levels"], "seeds": trial["seeds"], "seed_index": trial["seed_index"]}, sort_keys=True, default=str),
+            "info": json.dumps(result.get("info") or {}, sort_keys=True, default=str),
+        }
+        row.update({f"{METRIC_PREFIX}{k}": v for k, v in latest_metrics(entry).items()})
+        rows.append(row)
+    return rows
+
+
+def write_part(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Write rows as one Parquet file (metric columns float64, the rest as typed above)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    metric_names = sorted({k for row in rows for k in row if k.startswith(METRIC_PREFIX)})
+    columns: dict[str, Any] = {
+        "trial_id": pa.array([r["trial_id"] for r in rows], pa.string()),
+        "cell_id": pa.array([r["cell_id"] for r in rows], pa.string()),
+        "replicate": pa.array([r["replicate"] for r in rows], pa.int64()),
+        "state": pa.array([r["state"] for r in rows], pa.string()),
+        "execution_id": pa.array([r["execution_id"] for r in rows], pa.string()),
+        "attempts": pa.array([r["attempts"] for r in rows], pa.int64()),
+        "started_ms": pa.array([r.get("started_ms") for r in rows], pa.int64()),
+        "trial": pa.array([r["trial"] for r in rows], pa.string()),
+        "info": pa.array([r["info"] for r in rows], pa.string()),
+    }
+    for name in metric_names:
+        columns[name] = pa.array([r.get(name) for r in rows], pa.float64())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def write_run_ids(run_ids: Mapping[str, str], path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"trial_id": pa.array(list(run_ids), pa.string()), "run_id": pa.array(list(run_ids.values()), pa.string())}), path)
+    return path
+
+
+def read_table(folder: Path) -> "pd.DataFrame":
+    """Every part under ``folder`` (a downloaded ``results/``), with ``run_id`` joined in."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    tables = [pq.read_table(p) for p in parts]
+    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    ids = folder / RUN_IDS
+    if ids.is_file():
+        frame = frame.merge(pq.read_table(ids).to_pandas(), on="trial_id", how="left")
+    else:
+        frame["run_id"] = None
+    return frame
