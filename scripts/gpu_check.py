@@ -105,7 +105,7 @@ def ray_train_check(device_gpus: int) -> int:
     """A two-worker data-parallel trial through Ray Train (NCCL on 2 GPUs, gloo on the CPU)."""
     import ray
 
-    from orchestrator.numerics._dp_draft import run_data_parallel_trial
+    from orchestrator.execution.data_parallel import run_data_parallel_trial
 
     problems = 0
     ray.init(address="local", num_cpus=4 if device_gpus else 2, num_gpus=device_gpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)

@@ -68,7 +68,7 @@ def test_data_parallel_settings_are_checked_with_every_problem_named():
 
 @pytest.mark.slow
 def test_two_gloo_workers_reproduce_one_worker_within_rounding_and_differ_bitwise_in_bf16(ray_session):
-    from orchestrator.numerics._dp_draft import run_data_parallel_trial
+    from orchestrator.execution.data_parallel import run_data_parallel_trial
 
     ray = ray_session
     dispatch = ray.remote(num_cpus=0)(run_data_parallel_trial)  # holds nothing: both CPUs go to the workers
@@ -93,7 +93,7 @@ def test_two_gloo_workers_reproduce_one_worker_within_rounding_and_differ_bitwis
 
 
 def test_the_dispatch_task_of_a_data_parallel_trial_holds_no_resources():
-    from orchestrator.numerics._dp_draft import dispatch_options, is_data_parallel
+    from orchestrator.execution.data_parallel import dispatch_options, is_data_parallel
 
     options = {"num_cpus": 1.0, "num_gpus": 0.5, "memory": 1 << 30, "resources": {"ssd": 1}, "max_retries": 0}
     assert dispatch_options(make_trial(world_size=1).to_dict(), dict(options)) == options
@@ -104,7 +104,7 @@ def test_the_dispatch_task_of_a_data_parallel_trial_holds_no_resources():
 
 @pytest.mark.slow
 def test_a_world_size_the_cluster_can_never_hold_fails_at_once_with_the_fix(ray_session):
-    from orchestrator.numerics._dp_draft import run_data_parallel_trial
+    from orchestrator.execution.data_parallel import run_data_parallel_trial
 
     payload = run_data_parallel_trial(make_trial(world_size=4).to_dict(), 1, cpus_per_worker=1)
     result = payload["result"]

@@ -86,9 +86,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..execution.worker import BatchingSink, execute_trial
+    from ..numerics.parallel import TorchCollective, use_collective
     from ..records.environment import fingerprint
-    from .parallel import TorchCollective, use_collective
+    from .worker import BatchingSink, execute_trial
 
     context = ray.train.get_context()
     collective = TorchCollective()
@@ -178,7 +178,7 @@ def run_data_parallel_trial(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .parallel import NCCL_ALGO
+    from ..numerics.parallel import NCCL_ALGO
 
     started_ms = int(time.time() * 1000)
     config = _config(trial)

@@ -1,4 +1,5 @@
-"""The Ray bridge: the only module that imports ray (lazily, inside functions).
+"""The Ray bridge: the only module that imports ray (lazily, inside functions), except
+:mod:`.data_parallel`, the only one that imports ``ray.train`` (data-parallel trials).
 
 Trials run as Ray core tasks, one task per trial attempt, with the study's per-trial
 resources (``num_cpus``, ``num_gpus`` incl. fractions, ``memory``, custom resources).
@@ -130,12 +131,17 @@ class _MetricRelay:
         return items
 
 
-def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: float) -> dict[str, Any]:
-    """The Ray task: run one trial attempt on the device Ray assigned; never raises for the trial."""
+def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: float, resources: Resources | None = None) -> dict[str, Any]:
+    """The Ray task: run one trial attempt on the device Ray assigned; never raises for the trial.
+    A data-parallel trial (``world_size`` > 1) is handed to :mod:`.data_parallel` (Ray Train)."""
     import ray
 
     from ..records.environment import fingerprint
+    from .data_parallel import dispatch, is_data_parallel
     from .worker import BatchingSink, execute_trial
+
+    if is_data_parallel(trial):
+        return dispatch(trial, attempt, resources or Resources())
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: cuda:0 is ours
     sink = BatchingSink(lambda trial_id, batch: relay.push.remote(trial_id, batch), interval_s=flush_s)
@@ -157,12 +163,15 @@ class RayRunner:
         self._last_drain = 0.0
 
     def submit(self, trial: Mapping[str, Any], attempt: int, resources: Resources) -> Any:
+        from .data_parallel import dispatch_options
+
         options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": 0, "name": f"trial-{trial['trial_id'][:12]}"}
         if resources.memory_mb:
             options["memory"] = int(resources.memory_mb) * 1024 * 1024
         if resources.custom:
             options["resources"] = dict(resources.custom)
-        return self._task.options(**options).remote(dict(trial), attempt, self._relay, self._flush_s)
+        options = dispatch_options(trial, options)  # a data-parallel trial's task holds nothing: its workers do
+        return self._task.options(**options).remote(dict(trial), attempt, self._relay, self._flush_s, resources)
 
     def wait(self, refs: list[Any], timeout: float) -> list[tuple[Any, dict[str, Any] | None, str | None]]:
         """Finished refs as ``(ref, payload, crash)``: payload from the task, or why the worker died."""

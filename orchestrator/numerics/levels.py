@@ -10,7 +10,18 @@ from typing import Any, Mapping
 
 from ..errors import did_you_mean
 
-__all__ = ["LEVELLED_WORKLOADS", "LEVELS", "MODELS", "OPTIMIZERS", "PRECISION_LEVELS", "REDUCTION_ORDERS", "check_levels"]
+__all__ = [
+    "ACCUMULATE_LEVELS",
+    "ALLREDUCE_LEVELS",
+    "DETERMINISM_LEVELS",
+    "LEVELLED_WORKLOADS",
+    "LEVELS",
+    "MODELS",
+    "OPTIMIZERS",
+    "PRECISION_LEVELS",
+    "REDUCTION_ORDERS",
+    "check_levels",
+]
 
 PRECISION_LEVELS: tuple[str, ...] = ("fp64", "fp32", "tf32", "bf16_autocast", "fp16_autocast", "bf16", "fp16")
 """Valid ``precision`` levels (see docs/numerics.md)."""
@@ -26,7 +37,28 @@ OPTIMIZERS: tuple[str, ...] = ("gd", "sgd", "momentum", "nesterov", "adam", "ada
 MODELS: tuple[str, ...] = ("linear", "deep_linear", "mlp", "mlp_bn", "cnn", "cnn_bn")
 """Valid ``model`` levels."""
 
-LEVELS: dict[str, tuple[str, ...]] = {"precision": PRECISION_LEVELS, "reduction_order": REDUCTION_ORDERS, "optimizer": OPTIMIZERS, "model": MODELS}
+ACCUMULATE_LEVELS: tuple[str, ...] = ("working", "fp32", "fp64")
+"""Valid ``accumulate`` levels: the dtype every addition of a reduction rounds in - the
+trial's gradient dtype (``working``), float32 or float64 - whatever the reduction order."""
+
+DETERMINISM_LEVELS: tuple[str, ...] = ("deterministic", "default")
+"""Valid ``determinism`` levels: deterministic GPU kernels, or the library's default choice
+(recorded as not applicable on a CPU)."""
+
+ALLREDUCE_LEVELS: tuple[str, ...] = ("backend", "sequential", "pairwise", "nccl_ring", "nccl_tree")
+"""Valid ``allreduce`` levels of a data-parallel trial: the backend's own all-reduce, the
+workers' gradients added in rank order or as a tree (any backend), or NCCL's ring or tree
+algorithm (NCCL only)."""
+
+LEVELS: dict[str, tuple[str, ...]] = {
+    "precision": PRECISION_LEVELS,
+    "reduction_order": REDUCTION_ORDERS,
+    "optimizer": OPTIMIZERS,
+    "model": MODELS,
+    "accumulate": ACCUMULATE_LEVELS,
+    "determinism": DETERMINISM_LEVELS,
+    "allreduce": ALLREDUCE_LEVELS,
+}
 """Factor or parameter name -> its valid levels."""
 
 LEVELLED_WORKLOADS: tuple[str, ...] = ("two_layer_linear", "digits", "teacher_student", "tuned")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import torch
 
 from ..errors import OrchestratorError, did_you_mean
+from .levels import ALLREDUCE_LEVELS
 from .reduction import ordered_sum
 
 if TYPE_CHECKING:
@@ -44,12 +45,11 @@ __all__ = [
     "use_collective",
 ]
 
-ALLREDUCE_LEVELS: tuple[str, ...] = ("backend", "sequential", "pairwise", "nccl_ring", "nccl_tree")
-"""Valid ``allreduce`` levels: ``backend`` (``torch.distributed.all_reduce``; gloo or NCCL
-choose the algorithm), ``sequential`` / ``pairwise`` (the workers' gradients gathered and
-added in rank order / as a balanced tree, in the trial's accumulator, identically on every
-worker - any backend), ``nccl_ring`` / ``nccl_tree`` (the backend's all-reduce with
-``NCCL_ALGO=Ring`` / ``Tree``; NCCL only)."""
+# ALLREDUCE_LEVELS (numerics.levels): ``backend`` (``torch.distributed.all_reduce``; gloo or
+# NCCL choose the algorithm), ``sequential`` / ``pairwise`` (the workers' gradients gathered
+# and added in rank order / as a balanced tree, in the trial's accumulator, identically on
+# every worker - any backend), ``nccl_ring`` / ``nccl_tree`` (the backend's all-reduce with
+# ``NCCL_ALGO=Ring`` / ``Tree``; NCCL only).
 
 NCCL_ALGO = {"nccl_ring": "Ring", "nccl_tree": "Tree"}
 """``allreduce`` level -> the ``NCCL_ALGO`` environment value the workers start with."""

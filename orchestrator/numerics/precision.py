@@ -17,15 +17,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from ..errors import OrchestratorError, did_you_mean
-from .audit import PRECISION_LEVELS
+from .levels import DETERMINISM_LEVELS, PRECISION_LEVELS
 
 if TYPE_CHECKING:
     from ..execution.context import TrialContext
 
 __all__ = ["DETERMINISM_LEVELS", "LossScaler", "Precision", "PrecisionUnavailable", "determinism_level", "dtype_name", "hardware"]
-
-DETERMINISM_LEVELS: tuple[str, ...] = ("deterministic", "default")
-"""Valid ``determinism`` levels: deterministic GPU kernels, or the library's default choice."""
 
 _DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "tf32": torch.float32, "bf16_autocast": torch.float32,
            "fp16_autocast": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

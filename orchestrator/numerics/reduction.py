@@ -36,15 +36,12 @@ import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
 from ..errors import OrchestratorError, did_you_mean
-from .audit import REDUCTION_ORDERS
+from .levels import ACCUMULATE_LEVELS, REDUCTION_ORDERS
 
 if TYPE_CHECKING:
     from ..execution.context import TrialContext
 
 __all__ = ["ACCUMULATE_LEVELS", "Reducer", "ReductionError", "kernel_accumulator", "ordered_sum", "per_example_contributions"]
-
-ACCUMULATE_LEVELS: tuple[str, ...] = ("working", "fp32", "fp64")
-"""Valid ``accumulate`` levels: the trial's gradient dtype, float32 or float64."""
 
 _ACCUMULATORS = {"fp32": torch.float32, "fp64": torch.float64}
 _NARROW = (torch.bfloat16, torch.float16)

@@ -42,9 +42,11 @@ def linear_target(recipe: str, rows: int, cols: int, kappa: float, rng: np.rando
     raise ValueError(f"recipe: expected 'linspace' or 'geometric', found {recipe!r}")
 
 
-def _fit(ctx: "TrialContext", kit: Kit, trainer: Lockstep, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, extra: Callable[[float], dict[str, float]] | None = None) -> dict[str, float]:
+def _fit(ctx: "TrialContext", kit: Kit, trainer: Lockstep, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int, extra: Callable[[float], dict[str, float]] | None = None, epoch: tuple[int, Callable[[], dict[str, float]]] | None = None) -> dict[str, float]:
     """The shared loop: step, guard, log; returns last/min loss and the last gradient norm.
 
+    ``epoch`` = ``(steps per epoch, metrics)``: log ``metrics()`` at the end of every epoch
+    (the validation loss a tuning search selects on and early-stops by).
     Stops early only when the optimizer reports that the parameters no longer move
     (Levenberg-Marquardt at its floor); ``steps`` then says how many steps ran."""
     loss = min_loss = float("nan")
@@ -56,6 +58,8 @@ def _fit(ctx: "TrialContext", kit: Kit, trainer: Lockstep, batches: Iterator[tup
         done = trainer.converged
         if kit.should_log(step, steps) or done:
             ctx.log(step, loss=loss, grad_norm=trainer.grad_norm, **(extra(loss) if extra else {}))
+        if epoch is not None and (step + 1) % epoch[0] == 0:
+            ctx.log(step, **epoch[1]())
         if done:
             ctx.record("stopped_early_step", step)
             return {"final_loss": loss, "min_loss": min_loss, "grad_norm": trainer.grad_norm, "steps": float(step + 1)}
@@ -139,6 +143,11 @@ def digits(ctx: "TrialContext") -> dict[str, float]:
     ``model`` ``mlp`` (``cnn``/``cnn_bn`` see 1x8x8 images), ``width`` 64, ``depth`` 1,
     ``optimizer`` ``sgd``, ``lr`` 0.1, ``loss_reduction`` ``mean``, plus the common settings.
 
+    With ``validation_size`` > 0 (default 0), that share of the training split (stratified,
+    seeded by the ``data`` stream) is held out as a validation split: ``val_loss`` is logged
+    at the end of every epoch and ``val_loss``, ``val_accuracy`` are final metrics (what a
+    tuning search selects on; the test split stays unseen).
+
     Metrics: per step ``loss``, ``grad_norm``; final ``train_loss``, ``test_loss``,
     ``train_accuracy``, ``test_accuracy``, ``test_accuracy_class_0`` ... ``_9``,
     ``final_loss`` (last minibatch), ``min_loss``, ``grad_norm``, ``steps`` and the kit's.
@@ -150,16 +159,25 @@ def digits(ctx: "TrialContext") -> dict[str, float]:
         features, labels = _digits_data()
         seed = ctx.seed("data")
         x_tr, x_te, y_tr, y_te = train_test_split(features, labels, test_size=float(ctx.get("test_size", 0.25)), random_state=seed % 2**32, stratify=labels)
+        validation_size = float(ctx.get("validation_size", 0.0))
+        if validation_size > 0:
+            x_tr, x_va, y_tr, y_va = train_test_split(x_tr, y_tr, test_size=validation_size, random_state=(seed >> 32) % 2**32, stratify=y_tr)
         model_name = str(ctx.get("model", "mlp"))
         shape = (1, 8, 8) if model_name.startswith("cnn") else (64,)
         x_tr_t, x_te_t = kit.tensor(x_tr.reshape(-1, *shape)), kit.tensor(x_te.reshape(-1, *shape))
         y_tr_t, y_te_t = kit.tensor(y_tr), kit.tensor(y_te)
+        if validation_size > 0:
+            x_va_t, y_va_t = kit.tensor(x_va.reshape(-1, *shape)), kit.tensor(y_va)
         build = functools.partial(kit.model, model_name, shape, 10, width=64, depth=1)
         trainer = kit.lockstep(build, cross_entropy, loss_reduction=str(ctx.get("loss_reduction", "mean")), default_lr=0.1)
         batch_size = int(ctx.get("batch_size", 64))
         steps = int(ctx.get("epochs", 3)) * max(len(y_tr) // batch_size, 1)
-        result = _fit(ctx, kit, trainer, _minibatches(x_tr_t, y_tr_t, batch_size, kit.generator("data")), steps)
+        per_epoch = max(len(y_tr) // batch_size, 1)
+        epoch = (per_epoch, lambda: {"val_loss": trainer.evaluate(x_va_t, y_va_t)}) if validation_size > 0 else None
+        result = _fit(ctx, kit, trainer, _minibatches(x_tr_t, y_tr_t, batch_size, kit.generator("data")), steps, epoch=epoch)
         metrics = {**result, "train_loss": trainer.evaluate(x_tr_t, y_tr_t), "test_loss": trainer.evaluate(x_te_t, y_te_t)}
+        if validation_size > 0:
+            metrics["val_loss"] = trainer.evaluate(x_va_t, y_va_t)
         kit.guard.check(steps, metrics["test_loss"])
         model = trainer.model
         model.eval()
@@ -168,6 +186,9 @@ def digits(ctx: "TrialContext") -> dict[str, float]:
             predicted_te = model(x_te_t).argmax(1).cpu().numpy()
         metrics["train_accuracy"] = float((predicted_tr == y_tr).mean())
         metrics["test_accuracy"] = float((predicted_te == y_te).mean())
+        if validation_size > 0:
+            with torch.no_grad(), kit.precision.autocast():
+                metrics["val_accuracy"] = float((model(x_va_t).argmax(1).cpu().numpy() == y_va).mean())
         for k in range(10):
             metrics[f"test_accuracy_class_{k}"] = float((predicted_te[y_te == k] == k).mean())
         return {**metrics, **kit.finish(trainer)}
