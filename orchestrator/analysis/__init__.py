@@ -17,13 +17,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.analysis.errors import AnalysisError
+from orchestrator.analysis.options import SeedInteractions
 
 if TYPE_CHECKING:
     from orchestrator.analysis.core import AnalysisResult, analyze
     from orchestrator.analysis.power import ReplicatePlan, plan_replicates
     from orchestrator.analysis.report import write_report
 
-__all__ = ["AnalysisError", "AnalysisResult", "ReplicatePlan", "analyze", "plan_replicates", "write_report"]
+__all__ = ["AnalysisError", "AnalysisResult", "ReplicatePlan", "SeedInteractions", "analyze", "plan_replicates",
+           "write_report"]
 
 _LAZY = {
     "AnalysisResult": "orchestrator.analysis.core",

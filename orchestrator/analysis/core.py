@@ -309,8 +309,8 @@ def analyze(
         >>> from orchestrator.analysis import analyze
         >>> df = pd.DataFrame({"dtype": ["fp32", "bf16"] * 4, "loss": [1.0, 1.5, 1.1, 1.4, 0.9, 1.6, 1.0, 1.5]})
         >>> res = analyze(df, "loss", fixed=["dtype"], bootstrap=0)
-        >>> res.anova[0]["term"], res.ss_type, res.anova[0]["den_df"]
-        ('dtype', 2, 6)
+        >>> res.anova[0]["term"], res.ss_type, res.anova[0]["den_df"], res.anova[0]["error_term"]
+        ('dtype', 2, 6.0, 'Residual')
     """
     mode = SeedInteractions.parse(seed_interactions)
     prep = prepare(df, response, fixed, random, interactions, log, diverged_column, aliases)
