@@ -55,7 +55,7 @@ def test_everyday_commands_run_as_written(ray_session, tmp_path, monkeypatch):
 
 def test_cluster_section_schedule_line_runs(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
-    line = next(c for c in block("## On a cluster") if c.startswith("orchestrator schedule"))
+    line = next(c for c in block("### One machine") if c.startswith("orchestrator schedule") and "raycronjob.yaml" in c)
     words = shlex.split(line.split(">")[0])
     result = CliRunner().invoke(main, words[1:])
     assert result.exit_code == 0, result.output

@@ -42,7 +42,7 @@ def test_raycronjob_validates_against_the_crd_and_runs_the_study_cli():
         "orchestrator run studies/screening_demo.py --variant smoke --mode rerun && "
         "orchestrator compare studies/screening_demo.py --variant smoke --baseline previous --candidate latest"
     )
-    assert URI in job["runtimeEnvYAML"]
+    assert yaml.safe_load(job["runtimeEnvYAML"]) == {"working_dir": "/app", "env_vars": {"MLFLOW_TRACKING_URI": URI}}
     assert job["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
@@ -53,6 +53,7 @@ def test_rayjob_with_cron_wrapper_validates_and_wraps_the_same_job():
     rayjob = yaml.safe_load(documents[0]["data"]["rayjob.yaml"])
     jsonschema.validate(rayjob, crd_schema("ray.io_rayjobs.yaml"))
     assert rayjob["metadata"]["generateName"] == "screening-demo-full-"
+    assert yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"] == {"MLFLOW_TRACKING_URI": URI}
     cron = documents[-1]["spec"]
     assert cron["schedule"] == "@daily"
     assert cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] == ["kubectl", "create", "-f", "/manifests/rayjob.yaml"]
@@ -65,13 +66,38 @@ def test_a_broken_manifest_is_caught_by_the_schema():
         jsonschema.validate(manifest, crd_schema("ray.io_raycronjobs.yaml"))
 
 
-def test_crontab_line_wraps_ray_job_submit(monkeypatch, tmp_path):
+def test_crontab_line_wraps_ray_job_submit_with_the_uri_in_the_runtime_env(monkeypatch, tmp_path):
+    import json
+    import shlex
+    import sys
+
     monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     line = schedule("--cron", "30 2 * * 1-5", "--format", "crontab").strip()
-    assert line.startswith("30 2 * * 1-5 cd ")
-    assert "RAY_AUTH_MODE=token" in line and "ray job submit --address http://127.0.0.1:8265 --working-dir ." in line
-    assert "orchestrator run studies/screening_demo.py --variant full --mode rerun" in line
-    assert f"sqlite:///{ROOT}/mlflow/mlflow.db" in line
+    assert line.startswith(f"30 2 * * 1-5 cd {ROOT} && RAY_AUTH_MODE=token {Path(sys.executable).with_name('ray')} job submit ")
+    words = shlex.split(line.split(" && ", 1)[1].split(" >> ")[0])
+    assert words[words.index("--address") + 1] == "http://127.0.0.1:8265" and words[words.index("--working-dir") + 1] == "."
+    # the submitting shell's environment never reaches a job: the URI rides in its runtime env
+    runtime = json.loads(words[words.index("--runtime-env-json") + 1])
+    assert runtime == {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{ROOT}/mlflow/mlflow.db"}}
+    assert "MLFLOW_TRACKING_URI=" not in line
+    assert words[-3:-1] == ["sh", "-c"] and words[-1].startswith("orchestrator run studies/screening_demo.py --variant full --mode rerun && ")
+    assert line.endswith(">> mlflow/schedule-screening-demo-full.log 2>&1")
+
+
+def test_crontab_line_makes_a_relative_store_absolute_and_escapes_percent(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    line = schedule("--cron", "@daily", "--format", "crontab", "--tracking-uri", "sqlite:///records/m.db").strip()
+    assert f'"MLFLOW_TRACKING_URI": "sqlite:///{tmp_path.resolve()}/records/m.db"' in line
+    line = schedule("--cron", "@daily", "--format", "crontab", "--tracking-uri", "postgresql://u:p%40ss@db/mlflow").strip()
+    assert "postgresql://u:p\\%40ss@db/mlflow" in line and "p%40" not in line  # % is a newline to cron
+
+
+@pytest.mark.parametrize("fmt", ["raycronjob", "rayjob"])
+def test_kubernetes_formats_refuse_a_file_store(fmt):
+    result = CliRunner().invoke(main, ["schedule", STUDY, "--cron", "@daily", "--format", fmt, "--tracking-uri", "sqlite:////data/mlflow.db"])
+    assert result.exit_code == 2
+    assert "--tracking-uri sqlite:////data/mlflow.db: a Kubernetes job runs in pods that are deleted afterwards, with their disks" in result.output
 
 
 def test_kubernetes_formats_need_a_tracking_server(monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -28,38 +27,12 @@ def schedule(study: str, cron: str, variant: str | None, fmt: str, image: str | 
 
     raycronjob: a KubeRay RayCronJob (KubeRay >= 1.6); rayjob: a RayJob plus the Kubernetes
     CronJob wrapper for clusters without RayCronJob; crontab: a crontab line around
-    `ray job submit` for clusters started with `ray up cluster.yaml`.
+    `ray job submit` for a head you started (`ray up cluster.yaml`, or `ray start --head`).
+    Each carries the tracking URI in the job's runtime environment (env_vars).
     """
-    from ..operations.schedule import DEFAULT_IMAGE, ScheduleError, ScheduleSpec, check_cron, render
+    from ..operations.schedule import render, spec_for
 
-    loaded = load(study, variant)
-    cron = check_cron(cron)
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if fmt == "crontab":
-        workdir = os.getcwd()
-        tracking_uri = tracking_uri or f"sqlite:///{Path(workdir, 'mlflow', 'mlflow.db')}"
-        study_file = os.path.relpath(loaded.source_file or study, workdir)
-    else:
-        workdir = "/app"
-        if not tracking_uri:
-            raise ScheduleError(
-                "--tracking-uri: a Kubernetes job runs in pods that are deleted afterwards, so its records need an MLflow server "
-                "the cluster can reach, found none (no --tracking-uri and no MLFLOW_TRACKING_URI). "
-                "Pass e.g. --tracking-uri http://mlflow.mlflow.svc:5000"
-            )
-        study_file = f"studies/{Path(loaded.source_file or study).name}"
-    spec = ScheduleSpec(
-        study_name=loaded.name,
-        study_file=study_file,
-        cron=cron,
-        variant=loaded.variant or "full",
-        image=image or DEFAULT_IMAGE,
-        mode=mode,
-        tracking_uri=tracking_uri,
-        time_zone=time_zone,
-        workdir=workdir,
-        address=address,
-    )
+    spec = spec_for(load(study, variant), fmt, cron=cron, tracking_uri=tracking_uri, mode=mode, image=image, time_zone=time_zone, address=address)
     text = render(spec, fmt)
     if output:
         Path(output).write_text(text)

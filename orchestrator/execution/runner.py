@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -209,6 +210,7 @@ def run_study(
     from ..design.plan import make_plan
     from ..records.recorder import ExecutionRecorder
     from ..records.store import open_store
+    from .placement import check_records, detect_placement
 
     mode = Mode.parse(mode)
     if study.variant is None:
@@ -220,6 +222,7 @@ def run_study(
         raise OrchestratorError(f"--retries: expected 0 or more, found {retries}")
     retries = study.retries if retries is None else retries
     plan = make_plan(study)
+    check_records(detect_placement(), tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # a Ray job's temporary copy: refuse
     store = open_store(tracking_uri)  # unreachable / unwritable: fail before any trial
     executor: Executor
     if in_process:

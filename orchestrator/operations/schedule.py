@@ -3,21 +3,66 @@
 Each scheduled run is a new execution of the same study (``orchestrator run --mode
 rerun``), followed by ``orchestrator compare`` against the execution before it, so a
 silent numerical change (a library or driver upgrade) fails the job and alerts.
+
+Every definition is a Ray job, and a Ray job's driver sees only the environment the head
+was started with plus its runtime environment's ``env_vars``: the tracking URI travels
+there (``runtimeEnvYAML`` in the manifests, ``--runtime-env-json`` in the crontab line),
+never in the submitting shell's environment, which does not reach the job.
+
+Example:
+    >>> spec = ScheduleSpec("screening", "studies/screening.py", "0 3 * * *", tracking_uri="http://mlflow:5000")
+    >>> spec.runtime_env()
+    {'env_vars': {'MLFLOW_TRACKING_URI': 'http://mlflow:5000'}}
 """
 
 from __future__ import annotations
 
+import enum
+import json
+import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchestratorError, did_you_mean
+from ..records.recorder import Mode
 
-__all__ = ["FORMATS", "ScheduleError", "ScheduleSpec", "check_cron", "render"]
+if TYPE_CHECKING:
+    from ..definition.study import Study
 
-FORMATS = ("raycronjob", "rayjob", "crontab")
-MODES = ("rerun", "resume")
+__all__ = ["FORMATS", "Format", "ScheduleError", "ScheduleSpec", "check_cron", "render", "spec_for"]
+
+
+class Format(str, enum.Enum):
+    """What ``orchestrator schedule`` writes."""
+
+    RAYCRONJOB = "raycronjob"
+    """A KubeRay RayCronJob (KubeRay >= 1.6)."""
+    RAYJOB = "rayjob"
+    """A RayJob in a ConfigMap, created on schedule by a Kubernetes CronJob."""
+    CRONTAB = "crontab"
+    """One crontab line around ``ray job submit``, for a head you started (``ray up``, ``ray start``)."""
+
+    @property
+    def on_kubernetes(self) -> bool:
+        """Whether the job runs in pods that are deleted afterwards (with their disks)."""
+        return self is not Format.CRONTAB
+
+    @classmethod
+    def parse(cls, value: "Format | str") -> "Format":
+        try:
+            return cls(value)
+        except ValueError:
+            names = [f.value for f in cls]
+            raise ScheduleError(f"--format: expected one of {', '.join(names)}, found {value!r}. {did_you_mean(str(value), names)}") from None
+
+
+FORMATS = tuple(f.value for f in Format)
+MODES = tuple(m.value for m in Mode)
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_IMAGE = "numerics-orchestrator:0.1.0"
 RAY_VERSION = "2.60.0"
 _MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -32,6 +77,14 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
 
 class ScheduleError(OrchestratorError):
     """A schedule request that cannot be turned into a definition."""
+
+
+def _file_path(uri: str) -> str | None:
+    """The file a tracking URI names (SQLite, ``file:``, a bare path), else None (a server or database)."""
+    for prefix in ("sqlite:///", "file://", "file:"):
+        if uri.startswith(prefix):
+            return uri[len(prefix):]
+    return None if "://" in uri else uri
 
 
 def _cron_value(text: str, low: int, high: int, names: dict[str, int]) -> int:
@@ -79,17 +132,25 @@ class ScheduleSpec:
     cron: str
     variant: str = "full"
     image: str = DEFAULT_IMAGE
-    mode: str = "rerun"
+    mode: Mode = Mode.RERUN
     tracking_uri: str | None = None
     time_zone: str | None = None
     gpus_per_worker: int = 1
     max_workers: int = 4
     workdir: str = "/app"
     address: str = "http://127.0.0.1:8265"
+    ray: str = "ray"
+
+    def runtime_env(self, **extra: Any) -> dict[str, Any]:
+        """The job's runtime environment: ``extra`` (e.g. ``working_dir``) and the tracking URI in ``env_vars``."""
+        env = dict(extra)
+        if self.tracking_uri:
+            env["env_vars"] = {TRACKING_ENV: self.tracking_uri}
+        return env
 
     @property
     def run_command(self) -> list[str]:
-        return ["orchestrator", "run", self.study_file, "--variant", self.variant, "--mode", self.mode]
+        return ["orchestrator", "run", self.study_file, "--variant", self.variant, "--mode", self.mode.value]
 
     @property
     def compare_command(self) -> list[str]:
@@ -99,7 +160,7 @@ class ScheduleSpec:
     def entrypoint(self) -> str:
         """The job's command: the same CLI a person uses; exit 1 when drift is found."""
         commands = [self.run_command]
-        if self.mode == "rerun":
+        if self.mode is Mode.RERUN:
             commands.append(self.compare_command)
         return " && ".join(shlex.join(c) for c in commands)
 
@@ -129,13 +190,11 @@ def _container(name: str, image: str, cpu: str, memory: str, gpus: int = 0, port
 
 def rayjob_spec(spec: ScheduleSpec) -> dict[str, Any]:
     """The ``spec`` of a KubeRay RayJob that runs the study on a fresh GPU Ray cluster."""
-    env = {"MLFLOW_TRACKING_URI": spec.tracking_uri} if spec.tracking_uri else {}
-    runtime_env = "working_dir: " + spec.workdir + "\n"
-    if env:
-        runtime_env += "env_vars:\n" + "".join(f"  {k}: {v!r}\n" for k, v in env.items())
+    import yaml
+
     return {
         "entrypoint": spec.entrypoint,
-        "runtimeEnvYAML": runtime_env,
+        "runtimeEnvYAML": yaml.safe_dump(spec.runtime_env(working_dir=spec.workdir), sort_keys=False),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": 3600,
         "backoffLimit": 0,
@@ -235,32 +294,90 @@ def rayjob_with_cron_wrapper(spec: ScheduleSpec) -> list[dict[str, Any]]:
 
 
 def crontab_line(spec: ScheduleSpec) -> str:
-    """A crontab entry around ``ray job submit`` for a cluster started with ``ray up cluster.yaml``.
+    """A crontab entry around ``ray job submit`` for a head you started (``ray up cluster.yaml``, ``ray start --head``).
 
-    Run ``ray dashboard cluster.yaml`` (port-forwards the head's 8265) or point ``--address``
-    at the head. Ray 2.6x needs ``RAY_AUTH_MODE=token`` for the Jobs API.
+    The tracking URI rides in ``--runtime-env-json`` (the job's ``env_vars``); ``ray`` is
+    named by its full path (cron's ``PATH`` is bare); ``%``, a newline to cron, is escaped.
+    Reach a ``ray up`` head with ``ray dashboard cluster.yaml`` (port-forwards its 8265) or
+    point ``--address`` at it. Ray 2.6x needs ``RAY_AUTH_MODE=token`` for the Jobs API.
     """
-    env = f"MLFLOW_TRACKING_URI={shlex.quote(spec.tracking_uri)} " if spec.tracking_uri else ""
+    runtime = spec.runtime_env()
+    options = f" --runtime-env-json {shlex.quote(json.dumps(runtime))}" if runtime else ""
     submit = (
-        f"RAY_AUTH_MODE=token {env}ray job submit --address {spec.address} --working-dir . "
+        f"RAY_AUTH_MODE=token {shlex.quote(spec.ray)} job submit --address {shlex.quote(spec.address)} --working-dir .{options} "
         f"-- sh -c {shlex.quote(spec.entrypoint)}"
     )
     log = f"mlflow/schedule-{spec.resource_name}.log"
-    return f"{spec.cron} cd {shlex.quote(spec.workdir)} && {submit} >> {log} 2>&1"
+    line = f"{spec.cron} cd {shlex.quote(spec.workdir)} && {submit} >> {log} 2>&1"
+    return line.replace("%", "\\%")
 
 
-def render(spec: ScheduleSpec, fmt: str) -> str:
+def spec_for(
+    study: "Study",
+    fmt: Format | str,
+    *,
+    cron: str,
+    tracking_uri: str | None = None,
+    mode: Mode | str = Mode.RERUN,
+    image: str | None = None,
+    time_zone: str | None = None,
+    address: str = "http://127.0.0.1:8265",
+    cwd: Path | None = None,
+) -> ScheduleSpec:
+    """What ``orchestrator schedule`` writes for ``study``, checked.
+
+    A crontab line runs here (``cwd``, default the current folder) with this environment's
+    ``ray``; its default store is ``mlflow/mlflow.db`` here, as an absolute path (the job's
+    own working directory is Ray's temporary copy). A Kubernetes definition runs the
+    image's ``/app`` and needs an MLflow server: pods and their disks are deleted afterwards.
+
+    Raises:
+        ScheduleError: a bad cron expression, or no tracking URI the job's records outlive.
+    """
+    fmt = Format.parse(fmt)
+    cron = check_cron(cron)
+    mode = Mode.parse(mode)
+    source = Path(study.source_file) if study.source_file else None
+    if fmt is Format.CRONTAB:
+        cwd = (cwd or Path.cwd()).resolve()
+        uri = tracking_uri or f"sqlite:///{cwd / 'mlflow' / 'mlflow.db'}"
+        path = _file_path(uri)
+        if path is not None and not path.startswith("/"):  # the user's folder, not the job's temporary copy
+            uri = uri[: len(uri) - len(path)] + str((cwd / path).resolve())
+        ray = Path(sys.executable).with_name("ray")
+        return ScheduleSpec(
+            study_name=study.name, study_file=os.path.relpath(source, cwd) if source else study.name, cron=cron,
+            variant=study.variant or "full", mode=mode, tracking_uri=uri, time_zone=time_zone, workdir=str(cwd),
+            address=address, ray=str(ray) if ray.exists() else "ray",
+        )
+    if not tracking_uri:
+        raise ScheduleError(
+            "--tracking-uri: a Kubernetes job runs in pods that are deleted afterwards, so its records need an MLflow server "
+            f"the cluster can reach, found none (no --tracking-uri and no {TRACKING_ENV}). "
+            "Pass e.g. --tracking-uri http://mlflow.mlflow.svc:5000"
+        )
+    if _file_path(tracking_uri) is not None:
+        raise ScheduleError(
+            f"--tracking-uri {tracking_uri}: a Kubernetes job runs in pods that are deleted afterwards, with their disks, so "
+            "a file store there is lost; expected an MLflow server (or a database) the cluster can reach, e.g. "
+            "--tracking-uri http://mlflow.mlflow.svc:5000"
+        )
+    return ScheduleSpec(
+        study_name=study.name, study_file=f"studies/{source.name}" if source else study.name, cron=cron,
+        variant=study.variant or "full", image=image or DEFAULT_IMAGE, mode=mode, tracking_uri=tracking_uri,
+        time_zone=time_zone, workdir="/app", address=address,
+    )
+
+
+def render(spec: ScheduleSpec, fmt: Format | str) -> str:
     """The definition as text: YAML manifests (raycronjob, rayjob) or one crontab line."""
     import yaml
 
-    if fmt not in FORMATS:
-        raise ScheduleError(f"--format: expected one of {', '.join(FORMATS)}, found {fmt!r}. {did_you_mean(fmt, FORMATS)}")
-    if spec.mode not in MODES:
-        raise ScheduleError(f"--mode: expected one of {', '.join(MODES)}, found {spec.mode!r}")
-    if fmt == "crontab":
+    fmt = Format.parse(fmt)
+    if fmt is Format.CRONTAB:
         if spec.cron.startswith("@") and spec.cron not in ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"):
             raise ScheduleError(f"--cron {spec.cron!r} is not understood by cron")
         return crontab_line(spec) + "\n"
-    if fmt == "raycronjob":
+    if fmt is Format.RAYCRONJOB:
         return yaml.safe_dump(raycronjob(spec), sort_keys=False)
     return yaml.safe_dump_all(rayjob_with_cron_wrapper(spec), sort_keys=False)
