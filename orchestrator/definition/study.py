@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from dataclasses import dataclass, field
 
@@ -179,9 +179,11 @@ class Variant(_Spec):
         levels: factor name -> levels to use instead (a subset or different values).
         seed_streams: seed stream settings to use instead.
         description: what the variant is for.
+        tuning: fields of the study's tuning to change (a tuned study only), e.g.
+            ``{"reruns": 1, "searches": 2, "budget": Budget(factor="budget", epochs=1)}``.
     """
 
-    _fields = ("replicates", "params", "levels", "seed_streams", "description")
+    _fields = ("replicates", "params", "levels", "seed_streams", "description", "tuning")
 
     def __init__(
         self,
@@ -190,8 +192,10 @@ class Variant(_Spec):
         levels: Mapping[str, Any] | None = None,
         seed_streams: Any = None,
         description: str = "",
+        tuning: Mapping[str, Any] | None = None,
         **unknown: Any,
     ):
+        self.tuning = dict(tuning or {})
         self.replicates = replicates
         self.params = dict(params or {})
         self.levels = dict(levels or {})
@@ -220,8 +224,9 @@ _STUDY_FIELDS = (
     "block_by",
     "refuse_unrepresentable",
     "analysis",
+    "tuning",
 )
-_ANALYSIS_KEYS = ("metric", "log", "spread_by", "interactions")
+_ANALYSIS_KEYS = ("metric", "log", "spread_by", "interactions", "ranking")
 
 
 class RunOrder(enum.StrEnum):
@@ -269,6 +274,26 @@ _SEED_SCOPES = tuple(m.value for m in SeedScope)
 _STREAM_POLICIES = tuple(m.value for m in StreamPolicy)
 
 
+@runtime_checkable
+class TunedSettings(Protocol):
+    """What a study needs of its tuned settings (:class:`orchestrator.tuning.Tuning` implements it).
+
+    The definition layer names only this interface: the tuning package, a higher layer that
+    runs searches on Ray Tune, provides the implementation.
+    """
+
+    reruns: int
+    searches: int
+
+    def problems(self, factors: Mapping[str, Sequence[Any]], workload: str, *, where: str = "tuning") -> list[Problem]: ...
+
+    def replace(self, **changes: Any) -> "TunedSettings": ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def search_seed(self, study_seed: int, cell_id: str, levels: Mapping[str, Any], index: int) -> int: ...
+
+
 class Study:
     """A validated, frozen study definition. See the module docstring for an example.
 
@@ -301,7 +326,12 @@ class Study:
             their precision (see :mod:`orchestrator.numerics.audit`).
         analysis: defaults for ``orchestrator analyze``/``report``/``writeup``: ``metric``
             (default: the first metric), ``log`` (analyse log(response), for losses),
-            ``spread_by`` (a factor), ``interactions`` (highest order, default 2).
+            ``spread_by`` (a factor), ``interactions`` (highest order, default 2),
+            ``ranking`` (a factor whose levels are ranked under resampling of seeds).
+        tuning: tuned settings (:class:`orchestrator.tuning.Tuning`): each cell searches
+            them on Ray Tune and its trials are the reruns of the selected configuration
+            (``replicates`` is then ``tuning.reruns``; the ``search`` seed stream has
+            ``tuning.searches`` crossed seeds). See docs/studies.md, "Tuned settings".
     """
 
     _frozen = False
@@ -328,13 +358,14 @@ class Study:
         block_by: str | None = None,
         refuse_unrepresentable: bool | None = None,
         analysis: Mapping[str, Any] | None = None,
+        tuning: "TunedSettings | None" = None,
         **unknown: Any,
     ):
         given: dict[str, Any] = dict(
             name=name, description=description, workload=workload, factors=factors, params=params, replicates=replicates,
             seed_streams=seed_streams, seed_scope=seed_scope, metrics=metrics, resources=resources, retries=retries, design=design,
             exclude=exclude, seed=seed, variants=variants, run_order=run_order, block_by=block_by,
-            refuse_unrepresentable=refuse_unrepresentable, analysis=analysis,
+            refuse_unrepresentable=refuse_unrepresentable, analysis=analysis, tuning=tuning,
         )
         problems: list[Problem] = []
         for key in unknown:
@@ -371,6 +402,7 @@ class Study:
         self.params = self._params(v["params"], problems)
         self.replicates = self._positive_int("replicates", 1 if v["replicates"] is None else v["replicates"], problems)
         self.seed_streams = self._streams("seed_streams", v["seed_streams"], problems)
+        self.tuning = self._tuning(v["tuning"], v["replicates"], problems)
         scope = v["seed_scope"] or SeedScope.SHARED
         self.seed_scope = SeedScope(scope) if scope in _SEED_SCOPES else SeedScope.SHARED
         if scope not in _SEED_SCOPES:
@@ -500,6 +532,44 @@ class Study:
             problems.append(Problem(field, "an integer >= 0", _describe(value)))
             return 0
         return value
+
+    def _tuning(self, raw: Any, replicates: Any, problems: list[Problem]) -> "TunedSettings | None":
+        """The tuned settings, validated against the factors and workload; their reruns are the
+        replicates and their searches the crossed ``search`` seed stream."""
+        if raw is None:
+            return None
+        if not isinstance(raw, TunedSettings):
+            problems.append(Problem("tuning", "Tuning(space=..., select=..., budget=..., ...) from orchestrator.tuning", _describe(raw)))
+            return None
+        problems.extend(raw.problems({f.name: f.all_levels for f in self.factors}, str(self.workload)))
+        if replicates is not None and replicates != raw.reruns:
+            problems.append(
+                Problem("replicates", f"no replicates in a tuned study (its trials are the {raw.reruns} reruns of each search's selection)", _describe(replicates), f"Set tuning=Tuning(..., reruns={replicates}) instead.")
+            )
+        if "search" in self.seed_streams:
+            problems.append(Problem("seed_streams['search']", "no stream named 'search' in a tuned study (the tuning owns it)", repr(self.seed_streams["search"]), "Set tuning=Tuning(..., searches=k) instead."))
+        if isinstance(raw.reruns, int) and not isinstance(raw.reruns, bool) and raw.reruns >= 1:
+            self.replicates = raw.reruns
+        if isinstance(raw.searches, int) and not isinstance(raw.searches, bool) and raw.searches >= 1:
+            self.seed_streams = {"search": raw.searches, **{k: p for k, p in self.seed_streams.items() if k != "search"}}
+        return raw
+
+    def _variant_tuning(self, where: str, changes: Mapping[str, Any], problems: list[Problem]) -> None:
+        """A variant's tuning changes: on a tuned study, known fields, and a valid result."""
+        import dataclasses
+
+        if self.tuning is None:
+            problems.append(Problem(f"{where}.tuning", "tuning changes only in a tuned study", f"{sorted(changes)}", "Declare tuning=Tuning(...) on the study, or drop tuning= from the variant."))
+            return
+        names = [f.name for f in dataclasses.fields(self.tuning)]  # type: ignore[arg-type]
+        unknown = [k for k in changes if k not in names]
+        for key in unknown:
+            problems.append(Problem(f"{where}.tuning", "fields of Tuning", f"unknown field {key!r}", did_you_mean(str(key), names)))
+        if not unknown:
+            factors = {f.name: f.all_levels for f in self.factors}
+            for problem in self.tuning.replace(**changes).problems(factors, str(self.workload), where=f"{where}.tuning"):
+                if not problem.field.startswith(f"{where}.tuning.space"):  # the variant's levels may drop levels: checked when resolved
+                    problems.append(problem)
 
     @staticmethod
     def _streams(field: str, raw: Any, problems: list[Problem]) -> dict[str, StreamPolicy | int]:
@@ -671,6 +741,9 @@ class Study:
         spread_by = raw.get("spread_by")
         if spread_by is not None and spread_by not in self.factor_names:
             problems.append(Problem("analysis.spread_by", "the name of a factor", _describe(spread_by), did_you_mean(str(spread_by), self.factor_names)))
+        ranking = raw.get("ranking")  # a factor whose levels are ranked (orchestrator.analysis.ranking)
+        if ranking is not None and ranking not in self.factor_names:
+            problems.append(Problem("analysis.ranking", "the name of a factor whose levels are ranked", _describe(ranking), did_you_mean(str(ranking), self.factor_names)))
         interactions = raw.get("interactions", 2)
         if not isinstance(interactions, int) or isinstance(interactions, bool) or interactions < 1:
             problems.append(Problem("analysis.interactions", "an integer >= 1", _describe(interactions)))
@@ -703,6 +776,8 @@ class Study:
                 problems.append(Problem(f"{where}.{key}", "a Variant argument", f"unknown argument {key!r}", did_you_mean(key, Variant._fields)))
             if variant.replicates is not None:
                 self._positive_int(f"{where}.replicates", variant.replicates, problems)
+            if variant.tuning:
+                self._variant_tuning(where, variant.tuning, problems)
             for factor_name, levels in variant.levels.items():
                 factor = by_name.get(factor_name)
                 if factor is None:
@@ -762,6 +837,8 @@ class Study:
             raw["factors"] = [
                 Factor(f.name, variant.levels.get(f.name, f.levels), nested_in=f.nested_in, random=f.random) for f in self.factors
             ]
+        if variant.tuning and self.tuning is not None:
+            raw["tuning"] = self.tuning.replace(**variant.tuning)
         resolved = Study(**raw)
         object.__setattr__(resolved, "_frozen", False)
         resolved.variant = name
@@ -799,6 +876,7 @@ class Study:
             "block_by": self.block_by,
             "refuse_unrepresentable": self.refuse_unrepresentable,
             "analysis": self.analysis,
+            **({"tuning": self.tuning.to_dict()} if self.tuning is not None else {}),
         }
 
     @property

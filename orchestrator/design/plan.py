@@ -279,6 +279,8 @@ def make_plan(study: "Study") -> Plan:
                 policy = study.seed_streams[stream]
                 scoped = study.seed_scope.scope(cell.cell_id, policy)
                 seeds[stream] = derive_seed(study.seed, stream, i, scoped)
+            if study.tuning is not None:  # the search stream is per cell and budget (orchestrator.tuning.search.search_seed)
+                seeds["search"] = study.tuning.search_seed(study.seed, cell.cell_id, cell.levels, index["search"])
             trials.append(
                 dict(
                     cell=cell,

@@ -26,7 +26,6 @@ from .store import BATCH_KEYS, BATCH_METRICS, TAG_MAX, TrackingStore, chunks, cl
 
 if TYPE_CHECKING:
     from ..tuning.ray_tune import SearchRun
-    from ..tuning.search import Selection
     from .recorder import ExecutionRecorder
 
 __all__ = ["KIND_SEARCH", "KIND_SEARCH_TRIAL", "SearchRecords"]
@@ -66,20 +65,18 @@ class SearchRecords:
         }
         self.errors: list[str] = []
 
-    def finished(self, search_ids: Sequence[str]) -> dict[str, "Selection"]:
-        """Selections of the searches among ``search_ids`` that a FINISHED run of this lineage holds."""
-        from ..tuning.search import Selection
-
+    def finished(self, search_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Selections (as recorded: ``Selection.to_dict()``) of the searches among ``search_ids`` that a FINISHED run of this lineage holds."""
         wanted = set(search_ids)
-        found: dict[str, Selection] = {}
+        found: dict[str, dict[str, Any]] = {}
         filter_string = f"tags.{T.LINEAGE} = '{self.info.lineage}' and tags.{T.RUN_KIND} = '{KIND_SEARCH}' and attributes.status = 'FINISHED'"
         for run in self.store.search(self.info.experiment_id, filter_string):
             search_id = run.data.tags.get(SEARCH_ID, "")
             text = run.data.tags.get(SELECTION)
             if search_id in wanted and text:
                 try:
-                    found[search_id] = Selection.from_dict(json.loads(text))
-                except (ValueError, KeyError):  # clipped or damaged: redo the search
+                    found[search_id] = dict(json.loads(text))
+                except ValueError:  # clipped or damaged: the search is redone
                     continue
         return found
 

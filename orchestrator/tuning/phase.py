@@ -130,7 +130,12 @@ def search_phase(
             raise OrchestratorError(f"trial {trial.trial_id}: no search planned for cell {trial.cell_id}; expected one per cell and search index")
         needed[search.search_id] = search
     records = SearchRecords(recorder)
-    selections: dict[str, Selection] = records.finished(list(needed))
+    selections: dict[str, Selection] = {}
+    for search_id, recorded in records.finished(list(needed)).items():
+        try:
+            selections[search_id] = Selection.from_dict(recorded)
+        except (KeyError, TypeError, ValueError):  # damaged: the search is redone
+            continue
     phase.reused = len(selections)
     pending = [s for s in needed.values() if s.search_id not in selections]
     if pending:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from ..errors import OrchestratorError
 from ..ids import canonical_json, content_hash, derive_seed
 from .space import Searcher, draw, space_to_dict
-from .spec import Tuning
 
 if TYPE_CHECKING:
-    from ..design.trial import Resources, Trial
+    from ..design.trial import Trial
+    from .spec import Tuning
 
 __all__ = ["ConfigurationOutcome", "Search", "SearchFailed", "Selection", "plan_searches", "search_seed", "select"]
 
@@ -151,7 +151,7 @@ class Search:
 
 
 def plan_searches(
-    tuning: Tuning,
+    tuning: "Tuning",
     *,
     study: str,
     variant: str,

@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
-from ..errors import Problem, StudyError, did_you_mean
+from ..errors import Problem, StudyError, closest, did_you_mean
 from .space import Choice, LogUniform, PerLevel, Searcher, Space, Uniform, grid_points_per_axis, resolve_space, space_to_dict
 
 if TYPE_CHECKING:
@@ -195,6 +195,12 @@ class Tuning:
 
         return Goal(self.goal)
 
+    def search_seed(self, study_seed: int, cell_id: str, levels: Mapping[str, Any], index: int) -> int:
+        """The seed of search ``index`` of a cell (see :func:`orchestrator.tuning.search.search_seed`)."""
+        from .search import search_seed
+
+        return search_seed(study_seed, cell_id, self.the_budget.configurations_for(levels), index)
+
     def space_for(self, levels: Mapping[str, Any]) -> dict[str, Any]:
         """The flat space of the cell with these levels."""
         return resolve_space(self.space, levels)
@@ -318,7 +324,9 @@ class Tuning:
             levels = list(factors[space.factor])
             names = [str(level) for level in levels]
             for key in space.spaces:
-                if str(key) not in names:
+                # a space for a level the study does not have is kept for variants that drop levels,
+                # unless it looks like a misspelt level
+                if str(key) not in names and closest(str(key), names) is not None:
                     problems.append(Problem(f"{at}.spaces[{key!r}]", f"a level of {space.factor!r}", _describe(key), did_you_mean(str(key), names)))
             missing = [n for n in names if n not in {str(k) for k in space.spaces}]
             if missing:
