@@ -7,11 +7,21 @@ Per-step metrics of long trials reach the driver through one small actor
 (:class:`_MetricRelay`, zero CPUs) that workers push batches to about once a second;
 short trials return their whole curve with their result, so they pay no actor call.
 Why core tasks and not Ray Tune: see ``docs/execution.md`` (measured).
+
+Faults (see ``docs/execution.md``, Faults): the relay is pinned to the driver's node (node
+affinity), restarted by Ray if its process dies and recreated here if it is gone for good;
+every trial returns its whole curve, so live batches a dead relay swallowed are not lost.
+An attempt lost with its node (``NodeDiedError``) or its worker (``WorkerCrashedError``) is
+an :class:`~orchestrator.execution.executor.Outcome` with a
+:class:`~orchestrator.execution.executor.Loss`, never an exception in the driver; a Ray
+call of the driver that fails for any other reason becomes a
+:class:`~orchestrator.execution.executor.ClusterError` (one line).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -20,7 +30,7 @@ from typing import Any, Mapping
 
 from ..design.trial import Resources, Trial, TrialResult
 from ..errors import OrchestratorError
-from .executor import Executor, Outcome
+from .executor import ClusterError, Executor, Loss, Outcome
 from .worker import Batch
 
 __all__ = ["RayAddressError", "RayConnection", "RayExecutor", "RayRunner", "connect", "slots_for"]
@@ -118,22 +128,26 @@ def slots_for(resources: Resources, available: Mapping[str, float] | None = None
 
 
 class _MetricRelay:
-    """Driver-side mailbox for live metric batches (a Ray actor with zero CPUs)."""
+    """Driver-side mailbox for live metric batches (a Ray actor with zero CPUs, on the driver's node)."""
 
     def __init__(self) -> None:
-        self._items: list[tuple[str, Batch]] = []
+        self._items: list[tuple[str, int, Batch]] = []
 
-    def push(self, trial_id: str, batch: Batch) -> None:
-        self._items.append((trial_id, batch))
+    def push(self, trial_id: str, attempt: int, batch: Batch) -> None:
+        self._items.append((trial_id, attempt, batch))
 
-    def drain(self) -> list[tuple[str, Batch]]:
+    def drain(self) -> list[tuple[str, int, Batch]]:
         items, self._items = self._items, []
         return items
 
 
 def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: float, resources: Resources | None = None) -> dict[str, Any]:
     """The Ray task: run one trial attempt on the device Ray assigned; never raises for the trial.
-    A data-parallel trial (``world_size`` > 1) is handed to :mod:`.data_parallel` (Ray Train)."""
+    A data-parallel trial (``world_size`` > 1) is handed to :mod:`.data_parallel` (Ray Train).
+
+    The whole curve comes back with the result (the driver drops what already arrived
+    live), so a batch the relay lost with its process is still recorded.
+    """
     import ray
 
     from ..records.environment import fingerprint
@@ -143,24 +157,78 @@ def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: floa
     if is_data_parallel(trial):
         return dispatch(trial, attempt, resources or Resources())
 
+    pushed: Batch = []
+
+    def push(trial_id: str, batch: Batch) -> None:
+        pushed.extend(batch)
+        relay.push.remote(trial_id, attempt, batch)
+
     device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: cuda:0 is ours
-    sink = BatchingSink(lambda trial_id, batch: relay.push.remote(trial_id, batch), interval_s=flush_s)
+    sink = BatchingSink(push, interval_s=flush_s)
     result = execute_trial(dict(trial), sink=sink, device=device, attempt=attempt)
-    return {"result": result.to_dict(), "curve": sink.remaining(), "started_ms": sink.started_ms, "last_step": sink.last_step, "pid": os.getpid(), "environment": fingerprint()}
+    return {
+        "result": result.to_dict(), "curve": pushed + sink.remaining(), "started_ms": sink.started_ms, "last_step": sink.last_step,
+        "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "environment": fingerprint(),
+    }
+
+
+_NODE_ID = re.compile(r"node ID: ([0-9a-f]{16,})", re.IGNORECASE)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def classify(exc: BaseException) -> tuple[Loss, str | None]:
+    """Why a task came back with ``exc`` instead of a result, and the node it was lost with (if Ray says)."""
+    import ray
+
+    errors = ray.exceptions
+    if isinstance(exc, errors.TaskCancelledError):
+        return Loss.CANCELLED, None
+    if isinstance(exc, (errors.NodeDiedError, errors.LocalRayletDiedError)):
+        match = _NODE_ID.search(str(exc))
+        return Loss.NODE_LOST, match.group(1) if match else None
+    if isinstance(exc, (errors.ObjectLostError, errors.RayActorError)) and "node" in str(exc).lower() and "dead" in str(exc).lower():
+        return Loss.NODE_LOST, None
+    return Loss.WORKER_DIED, None
 
 
 class RayRunner:
-    """Submits trial attempts as Ray tasks and collects what comes back (used by the Ray executor)."""
+    """Submits trial attempts as Ray tasks and collects what comes back (used by the Ray executor).
+
+    Every Ray call the driver makes goes through here: a lost task is a
+    :class:`~orchestrator.execution.executor.Loss`; a failing call of the driver itself is
+    a :class:`~orchestrator.execution.executor.ClusterError`.
+    """
 
     def __init__(self, flush_s: float = 1.0):
         import ray
 
         self._ray = ray
         self._task = ray.remote(_run_trial)
-        self._relay: Any = ray.remote(num_cpus=0)(_MetricRelay).remote()
         self._flush_s = flush_s
         self._drain_ref: Any = None
         self._last_drain = 0.0
+        self.relays_created = 0
+        self._relay = self._new_relay()
+
+    def _new_relay(self) -> Any:
+        """The relay actor, on the driver's own node: it lives as long as the driver does.
+
+        Ray restarts it there if its process dies (``max_restarts=-1``) and replays the
+        pushes it missed meanwhile (``max_task_retries=-1``).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = self._ray.get_runtime_context().get_node_id()
+        self.relays_created += 1
+        return (
+            self._ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_MetricRelay)
+            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+            .remote()
+        )
 
     def submit(self, trial: Mapping[str, Any], attempt: int, resources: Resources) -> Any:
         from .data_parallel import dispatch_options
@@ -171,25 +239,31 @@ class RayRunner:
         if resources.custom:
             options["resources"] = dict(resources.custom)
         options = dispatch_options(trial, options)  # a data-parallel trial's task holds nothing: its workers do
-        return self._task.options(**options).remote(dict(trial), attempt, self._relay, self._flush_s, resources)
+        try:
+            return self._task.options(**options).remote(dict(trial), attempt, self._relay, self._flush_s, resources)
+        except self._ray.exceptions.RayError as exc:
+            raise ClusterError(f"Ray refused to start a trial ({_first_line(exc)}); expected a live cluster. Run again to resume.") from None
 
-    def wait(self, refs: list[Any], timeout: float) -> list[tuple[Any, dict[str, Any] | None, str | None]]:
-        """Finished refs as ``(ref, payload, crash)``: payload from the task, or why the worker died."""
+    def wait(self, refs: list[Any], timeout: float) -> list[tuple[Any, dict[str, Any] | None, Loss | None, str | None, str | None]]:
+        """Finished refs as ``(ref, payload, loss, node, crash)``: the task's payload, or why it was lost."""
+        ray = self._ray
         if not refs:
             time.sleep(min(timeout, 0.05))
             return []
-        ready, rest = self._ray.wait(refs, num_returns=1, timeout=timeout)
-        if ready and rest:
-            more, _ = self._ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        out: list[tuple[Any, dict[str, Any] | None, str | None]] = []
+        try:
+            ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+            if ready and rest:
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+        except Exception as exc:  # noqa: BLE001 - the driver lost Ray itself
+            raise ClusterError(f"the driver lost the Ray cluster while waiting for trials ({_first_line(exc)}); run again to resume.") from None
+        out = []
         for ref in ready:
             try:
-                out.append((ref, self._ray.get(ref), None))
-            except self._ray.exceptions.TaskCancelledError:
-                out.append((ref, None, "cancelled"))
-            except self._ray.exceptions.RayError as exc:  # worker killed, node lost, out of memory
-                out.append((ref, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+                out.append((ref, ray.get(ref), None, None, None))
+            except ray.exceptions.RayError as exc:  # cancelled, worker killed, node lost, out of memory
+                loss, node = classify(exc)
+                out.append((ref, None, loss, node, _first_line(exc)))
         return out
 
     def cancel(self, refs: list[Any]) -> None:
@@ -197,37 +271,55 @@ class RayRunner:
         for ref in refs:
             try:
                 self._ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished
+            except Exception:  # noqa: BLE001 - already finished, or its node is gone
                 pass
 
-    def metrics(self) -> list[tuple[str, Batch]]:
-        """Live metric batches that arrived since the last call (non-blocking)."""
+    def metrics(self) -> list[tuple[str, int, Batch]]:
+        """Live metric batches ``(trial_id, attempt, batch)`` that arrived since the last call (non-blocking).
+
+        A relay that is gone for good is replaced (what it held comes back with the results).
+        """
         ray = self._ray
+        items: list = []
         if self._drain_ref is not None:
-            ready, _ = ray.wait([self._drain_ref], timeout=0)
-            if not ready:
-                return []
-            items: list[tuple[str, Batch]] = ray.get(self._drain_ref)
+            try:
+                ready, _ = ray.wait([self._drain_ref], timeout=0)
+                if not ready:
+                    return []
+                items = ray.get(self._drain_ref)
+            except ray.exceptions.ActorDiedError:
+                self._replace_relay("its actor died")
+            except ray.exceptions.RayError:
+                pass  # unavailable for now (restarting): ask again next time
             self._drain_ref = None
-        else:
-            items = []
         now = time.monotonic()
         if now - self._last_drain >= self._flush_s / 2:
-            self._drain_ref = self._relay.drain.remote()
+            try:
+                self._drain_ref = self._relay.drain.options(max_task_retries=0).remote()
+            except ray.exceptions.RayError:
+                self._replace_relay("it refused a call")
             self._last_drain = now
         return items
 
-    def final_metrics(self, wait_s: float = 2.0) -> list[tuple[str, Batch]]:
+    def _replace_relay(self, why: str) -> None:
+        print(f"warning: the live-metric relay was lost ({why}); started a new one on the driver's node. "
+              "Running trials send their curves with their results.", file=sys.stderr)
+        try:
+            self._relay = self._new_relay()
+        except Exception as exc:  # noqa: BLE001
+            raise ClusterError(f"cannot start the live-metric relay on the driver's node ({_first_line(exc)}); run again to resume.") from None
+
+    def final_metrics(self, wait_s: float = 2.0) -> list[tuple[str, int, Batch]]:
         """Everything still in the relay (at the end of an execution)."""
         ray = self._ray
-        items: list[tuple[str, Batch]] = []
+        items: list = []
         if self._drain_ref is not None:
             try:
                 items += ray.get(self._drain_ref, timeout=wait_s)
             except Exception:  # noqa: BLE001
                 pass
         try:
-            items += ray.get(self._relay.drain.remote(), timeout=wait_s)
+            items += ray.get(self._relay.drain.options(max_task_retries=0).remote(), timeout=wait_s)
         except Exception:  # noqa: BLE001
             pass
         self._drain_ref = None
@@ -272,7 +364,7 @@ class RayExecutor(Executor):
         # enough queued beyond the free slots that Ray never waits on the driver
         return slots * 4 + 8
 
-    def final_metrics(self) -> list[tuple[str, Batch]]:
+    def _leftover_metrics(self) -> list[tuple[str, int, Batch]]:
         return self._runner.final_metrics()
 
     def _submit(self, trial: Trial, attempt: int) -> None:
@@ -281,16 +373,16 @@ class RayExecutor(Executor):
 
     def _poll(self, timeout: float) -> list[Outcome]:
         out = []
-        for ref, payload, crash in self._runner.wait(list(self._refs), timeout):
+        for ref, payload, loss, node, crash in self._runner.wait(list(self._refs), timeout):
             trial, attempt = self._refs.pop(ref)
             if payload is None:
-                out.append(Outcome(trial, attempt, None, crash=crash))
+                out.append(Outcome(trial, attempt, None, crash=crash, loss=loss, node=node))
                 continue
             result = TrialResult.from_dict(payload["result"])
             out.append(Outcome(trial, attempt, result, payload["curve"], payload["started_ms"], payload["last_step"], environment=payload.get("environment")))
         return out
 
-    def _live_metrics(self) -> list[tuple[str, Batch]]:
+    def _live_metrics(self) -> list[tuple[str, int, Batch]]:
         return self._runner.metrics()
 
     def _cancel(self) -> list[tuple[Trial, int]]:

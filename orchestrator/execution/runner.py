@@ -52,6 +52,10 @@ class ExecutionSummary:
         wall_s: seconds from the first submission to the last record.
         results: the final result of every trial run now.
         errors: records that could not be written.
+        retried: trials retried at least once, per reason (``node lost``, ``worker died``, ``failed``).
+        retries_used: attempts run again, all reasons together.
+        error: why the execution stopped early without a Ctrl-C (the driver lost its Ray
+            cluster, or another driver took the execution over), else ``None``.
     """
 
     study: str
@@ -72,6 +76,9 @@ class ExecutionSummary:
     stale_closed: int = 0
     results: list[TrialResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    retried: dict[str, int] = field(default_factory=dict)
+    retries_used: int = 0
+    error: str | None = None
 
     @property
     def ran(self) -> int:
@@ -82,6 +89,8 @@ class ExecutionSummary:
         """0 all good, 1 some trials failed or records are missing, 130 interrupted by Ctrl-C."""
         if self.interrupted:
             return 130
+        if self.error:
+            return 1
         return 1 if self.failed or self.errors else 0
 
     def counts(self) -> dict[str, int]:
@@ -93,6 +102,8 @@ class ExecutionSummary:
             "trials_failed": self.failed,
             "trials_diverged": self.diverged,
             "trials_killed": self.killed,
+            "trials_retried_node_lost": self.retried.get("node lost", 0),
+            "retries_used": self.retries_used,
         }
 
     def line(self) -> str:
@@ -101,8 +112,13 @@ class ExecutionSummary:
             f"({self.diverged} diverged), {self.failed} failed, {self.killed} killed, {self.skipped} already done, "
             f"of {self.planned} planned, in {self.wall_s:.1f} s"
         )
+        lost = self.retried.get("node lost", 0)
+        if lost:
+            text += f"; {lost} trial{'s' if lost != 1 else ''} retried because a node was lost"
         if self.interrupted:
             text += "; interrupted - run again to resume"
+        if self.error:
+            text += f"; stopped early: {self.error}"
         return text
 
 
@@ -200,7 +216,7 @@ def run_study(
     Raises:
         TrackingStoreError: the store is unreachable or unwritable (before any trial runs).
         RayAddressError: the Ray cluster cannot be joined.
-        ExecutionInProgressError: another live driver here is executing this study.
+        ExecutionInProgressError: another driver (any host) holds a fresh lease on this study and variant.
 
     Example:
         >>> summary = run_study(study, in_process=True, progress=False)   # doctest: +SKIP
@@ -266,13 +282,16 @@ def _execute(
         result = outcome.result
         if result is None:  # pragma: no cover - outcomes always carry a result
             raise RuntimeError("an outcome arrived without a trial result")
+        if not recorder.lease.held():  # another driver may own these trials now: never a second FINISHED run
+            on_killed(outcome.trial, outcome.attempt)
+            return
         if result.state is TrialState.FAILED:
             counts["failed"] += 1
         else:
             counts["finished"] += 1
             counts["diverged"] += int(result.metrics.get("diverged", 0.0) >= 1.0)
         summary.results.append(result)
-        recorder.trial_done(outcome.trial, result, outcome.curve, outcome.started_ms, outcome.last_step, outcome.environment)
+        recorder.trial_done(outcome.trial, result, outcome.curve, outcome.started_ms, outcome.last_step, outcome.environment, outcome.retry_reasons)
 
     def on_killed(trial: Trial, attempt: int) -> None:
         counts["killed"] += 1
@@ -281,6 +300,8 @@ def _execute(
         recorder.trial_done(trial, result)
 
     executor.on_metrics = recorder.trial_metrics
+    executor.on_lost = recorder.attempt_lost
+    recorder.lease.on_lost = lambda why: stop.set()  # another driver took over: stop, record in-flight trials KILLED
     slots = executor.slots(resources)
     window = max_concurrent or executor.window(slots)
     display: _Progress
@@ -324,9 +345,12 @@ def _execute(
     for trial_id, batch in executor.final_metrics():
         if trial_id in by_id:
             recorder.trial_metrics(by_id[trial_id], batch)
-    summary.interrupted = bool(interrupted or stop.is_set())
+    summary.error = executor.error or recorder.lease.lost
+    summary.interrupted = bool(interrupted or stop.is_set()) and summary.error is None
     summary.finished, summary.failed, summary.diverged, summary.killed = counts["finished"], counts["failed"], counts["diverged"], counts["killed"]
-    recorder.close("KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED"), summary.counts())
+    summary.retried, summary.retries_used = dict(executor.retried), executor.retries_used
+    status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed or summary.error else "FINISHED")
+    recorder.close(status, summary.counts(), summary.error)
     summary.wall_s = time.monotonic() - start
     summary.errors = list(recorder.errors)
     run_ids = recorder.run_ids

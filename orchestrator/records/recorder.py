@@ -31,12 +31,12 @@ from .environment import code_version as current_code_version
 from .environment import fingerprint
 from .summary import trial_run_name
 from .journal import JOURNAL_ENV, EntryKind, Journal, journal_root
+from .lease import Lease
 from .store import (
     BATCH_KEYS,
     BATCH_METRICS,
     PARAM_MAX,
     TAG_MAX,
-    ExecutionInProgressError,
     TrackingStore,
     TrackingStoreError,
     chunks,
@@ -184,6 +184,8 @@ def outcome_tags(entry: Mapping[str, Any]) -> dict[str, str]:
     """Tags known once a trial ended: attempts, the final step, the worker's environment, its info."""
     result = entry["result"]
     tags = {T.ATTEMPTS: str(result.get("attempts", 1)), T.FINAL_STEP: str(entry["final_step"])}
+    if entry.get("retry_reasons"):
+        tags[T.RETRY_REASONS] = "; ".join(entry["retry_reasons"])
     environment = entry.get("environment") or {}
     tags.update({f"{T.ENV_PREFIX}{k}": clip(str(v), 250) for k, v in environment.items() if v is not None})
     if result.get("info"):
@@ -294,6 +296,8 @@ class ExecutionRecorder:
         self.run_ids: dict[str, str] = {}
         self.errors: list[str] = []
         self.stale_closed = 0
+        self.lease = Lease(store)
+        """This driver's lease on the execution (:mod:`.lease`): a second driver refuses while it is fresh."""
         self.replayed: SyncReport | None = None
         self.pending = 0
         self.journal: Journal | None = None
@@ -309,13 +313,14 @@ class ExecutionRecorder:
         self._recorded = 0
         self._parts_uploaded = 0
         self._parent_closed = False
+        self._error: str | None = None
 
     # -- before any trial ---------------------------------------------------------------
     def begin(self, execution_id: str | None = None) -> list[Trial]:
         """Replay pending journals, close stale runs, open the parent run; return the trials to run.
 
         Raises:
-            ExecutionInProgressError: a live driver on this host is executing this study.
+            ExecutionInProgressError: another driver (any host) holds a fresh lease on this study and variant.
             TrackingStoreError: the store refused a write.
         """
         client = self.store.client
@@ -326,12 +331,7 @@ class ExecutionRecorder:
             parents = self.store.search(experiment_id, f"tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'")
         except Exception as exc:  # noqa: BLE001
             raise TrackingStoreError(f"tracking store {self.store.uri} refused to open experiment {study.name!r}: {exc}") from None
-        for run in parents:
-            if run.info.status == "RUNNING" and _driver_alive(run.data.tags.get(T.DRIVER)):
-                raise ExecutionInProgressError(
-                    f"study {study.name!r} is being executed by another driver ({run.data.tags.get(T.DRIVER)}, execution "
-                    f"{run.data.tags.get(T.EXECUTION_ID)}); expected none. Wait for it to end, or stop it with Ctrl-C, then run again."
-                )
+        stale, live = self.lease.check(parents, study.variant)
         from .replay import sync_study
 
         # before anything is decided: trials an earlier driver finished but could not record count as done
@@ -342,7 +342,7 @@ class ExecutionRecorder:
                 f"{journal_root(self.store.uri)} and the store {self.store.uri} refused them: {'; '.join(self.replayed.errors[:3])}. "
                 "Expected them written before new trials run; fix the store, then run again (or orchestrator sync)."
             )
-        self.stale_closed = self._close_stale(experiment_id)
+        self.stale_closed = self._close_stale(experiment_id, stale, live)
         execution_id = execution_id or new_execution_id()
         same_variant = sorted((r for r in parents if r.data.tags.get(T.VARIANT) == study.variant), key=lambda r: r.info.start_time)
         lineage = execution_id
@@ -369,6 +369,7 @@ class ExecutionRecorder:
             T.RUN_KIND: T.KIND_EXECUTION,
             T.MODE: self.mode.value,
             T.DRIVER: f"{socket.gethostname()}:{os.getpid()}",
+            T.LEASE: self.lease.tag(),
             T.MLFLOW_RUN_NAME: f"execution {execution_id}",
             T.ENVIRONMENT: clip(json.dumps(self.environment, sort_keys=True, default=str), TAG_MAX),
             T.RESULTS_TABLE: PART_FOLDER,
@@ -415,14 +416,23 @@ class ExecutionRecorder:
                 f"expected a writable folder. Set {JOURNAL_ENV} to one."
             ) from None
         self._pool = WriterPool(self.writers, self.retry_budget_s)
+        self.lease.start(parent_id)
         return to_run
 
-    def _close_stale(self, experiment_id: str) -> int:
-        """Mark runs a crashed driver left RUNNING as KILLED; returns how many."""
+    def _close_stale(self, experiment_id: str, stale: Sequence["Run"], live: set[str]) -> int:
+        """Close as KILLED the runs left RUNNING by drivers that are gone; returns how many.
+
+        ``stale``: parent runs whose lease is stale (taken over). Every other RUNNING run is
+        closed too unless it belongs to an execution in ``live`` (another variant's driver,
+        holding a fresh lease).
+        """
         client = self.store.client
         closed = 0
+        why = {run.info.run_id: self.lease.describe_stale(run) for run in stale}
         for run in self.store.search(experiment_id, "attributes.status = 'RUNNING'"):
-            client.set_tag(run.info.run_id, T.CLOSED_BY, "stale: its driver is gone")
+            if run.data.tags.get(T.EXECUTION_ID) in live:
+                continue
+            client.set_tag(run.info.run_id, T.CLOSED_BY, why.get(run.info.run_id, "stale: its driver is gone"))
             client.set_terminated(run.info.run_id, "KILLED")
             closed += 1
         return closed
@@ -447,12 +457,14 @@ class ExecutionRecorder:
         started_ms: int | None = None,
         last_step: int = -1,
         environment: Mapping[str, Any] | None = None,
+        retry_reasons: Sequence[str] = (),
     ) -> None:
         """Record a trial's outcome (FINISHED, FAILED or KILLED) with the rest of its curve.
 
         The journal gets it first (fsync'd); its MLflow run is written after that, by a writer.
         ``last_step`` is the last step the trial logged (live batches included); final
-        metrics are logged one step after it. ``environment`` is the worker's fingerprint.
+        metrics are logged one step after it. ``environment`` is the worker's fingerprint;
+        ``retry_reasons`` why earlier attempts were retried (``node lost``, ``worker died``, ``failed``).
         """
         curve = [(int(s), dict(v), int(ts)) for s, v, ts in curve]
         entry = {
@@ -465,6 +477,7 @@ class ExecutionRecorder:
             "final_step": max([last_step, *(step for step, _, _ in curve)]) + 1,
             "environment": dict(environment) if environment else None,
             "live_latest": {k: list(v) for k, v in self._live_latest.pop(trial.trial_id, {}).items()},
+            "retry_reasons": list(retry_reasons),
         }
         journal = self._journal()
         pool = self._writers()
@@ -476,6 +489,22 @@ class ExecutionRecorder:
         if full:
             self._cut_part()
 
+    def attempt_lost(self, trial: Trial, attempt: int, reason: str) -> None:
+        """An attempt came back without a result and is retried: close its live run (if any) as KILLED.
+
+        The run is tagged with ``reason`` and ``attempts``; the next attempt gets a run of its
+        own, so the curves of two attempts never mix.
+        """
+        self._live_latest.pop(trial.trial_id, None)
+        self._writers().put(trial.trial_id, lambda: self._close_lost(trial, attempt, reason))
+
+    def _close_lost(self, trial: Trial, attempt: int, reason: str) -> None:
+        run_id = self.run_ids.pop(trial.trial_id, None)
+        if run_id is None:
+            return
+        self.store.client.log_batch(run_id, tags=tag_entities({T.ATTEMPTS: str(attempt), T.LOST: reason}))
+        self.store.client.set_terminated(run_id, "KILLED")
+
     def flush(self) -> None:
         """Wait until everything recorded so far is journaled and written (or given up)."""
         if self.journal is not None:
@@ -483,14 +512,19 @@ class ExecutionRecorder:
         if self._pool is not None:
             self._pool.flush()
 
-    def close(self, status: str, counts: Mapping[str, float]) -> int:
+    def close(self, status: str, counts: Mapping[str, float], error: str | None = None) -> int:
         """Finish the records: writers drained, results table complete, parent run closed.
+
+        ``error``: why the execution stopped early (tag ``orchestrator.error``). A driver that
+        lost its lease leaves the parent run as the driver that took over closed it.
 
         Returns:
             how many records are left pending in the journal (0 when everything is in the store).
         """
         if self.info is None or self.journal is None or self._pool is None:
             return 0
+        self.lease.stop()
+        self._error = error
         journal, pool = self.journal, self._pool
         journal.append({"kind": EntryKind.CLOSED.value, "status": status, "counts": dict(counts)})
         journal.flush()
@@ -520,9 +554,10 @@ class ExecutionRecorder:
         client.log_batch(
             info.parent_run_id,
             metrics=metric_entities({**counts, T.RECORDS_PENDING: pending}, 0),
-            tags=tag_entities({T.STATUS: status, T.RESULTS_PARTS: str(self._parts)}),
+            tags=tag_entities({T.STATUS: status, T.RESULTS_PARTS: str(self._parts), **({T.ERROR: clip(self._error, TAG_MAX)} if self._error else {})}),
         )
-        client.set_terminated(info.parent_run_id, status)
+        if self.lease.lost is None:  # else the driver that took over has closed it
+            client.set_terminated(info.parent_run_id, status)
         self._journal().append({"kind": EntryKind.PARENT.value, "status": status})
         self._parent_closed = True
 

@@ -18,6 +18,7 @@ __all__ = [
     "DRIVER",
     "ENVIRONMENT",
     "ENV_PREFIX",
+    "ERROR",
     "EXECUTION_ID",
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TRAINING",
@@ -26,7 +27,9 @@ __all__ = [
     "INFO",
     "KIND_EXECUTION",
     "KIND_TRIAL",
+    "LEASE",
     "LINEAGE",
+    "LOST",
     "MLFLOW_PARENT_RUN_ID",
     "MLFLOW_RUN_NAME",
     "MLFLOW_NOTE",
@@ -34,6 +37,7 @@ __all__ = [
     "MODE",
     "RECORDS_PENDING",
     "REPLICATE",
+    "RETRY_REASONS",
     "RESULTS_PARTS",
     "RESULTS_TABLE",
     "RUN_KIND",
@@ -68,6 +72,10 @@ DRIVER = "driver"
 """``host:pid`` of the driver that executes it."""
 ENVIRONMENT = "orchestrator.environment"
 STATUS = "orchestrator.status"
+LEASE = "orchestrator.lease"
+"""The driver's lease on the execution: JSON ``{"holder", "renewed_ms", "ttl_s"}`` (:mod:`.lease`)."""
+ERROR = "orchestrator.error"
+"""Why an execution stopped early without a Ctrl-C (the cluster failed, its lease was taken over)."""
 TRIALS_PREFIX = "trials_"
 """Parent-run metrics ``trials_planned``, ``trials_skipped``, ``trials_finished``, ..."""
 
@@ -80,6 +88,10 @@ TRIAL = "orchestrator.trial"
 """The typed levels, seeds, seed indices and (if short enough) parameters, as JSON."""
 INFO = "orchestrator.info"
 """What the trial recorded about itself (``ctx.record``), as JSON."""
+RETRY_REASONS = "orchestrator.retry_reasons"
+"""Why earlier attempts were retried, in order, ``; ``-separated: ``node lost``, ``worker died``, ``failed``."""
+LOST = "orchestrator.lost"
+"""On the live run of an attempt that was lost and retried (closed KILLED): why (``node lost``, ``worker died``)."""
 FINAL_STEP = "orchestrator.final_step"
 """The step the final metrics are logged at (one after the last logged step)."""
 SEED_PREFIX = "seed_"
