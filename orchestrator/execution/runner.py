@@ -52,6 +52,8 @@ class ExecutionSummary:
         wall_s: seconds from the first submission to the last record.
         results: the final result of every trial run now.
         errors: records that could not be written.
+        pending: records the store did not take within the retry budget; they are in the
+            execution's journal and ``orchestrator sync STUDY`` (or the next ``run``) writes them.
         retried: trials retried at least once, per reason (``node lost``, ``worker died``, ``failed``).
         retries_used: attempts run again, all reasons together.
         error: why the execution stopped early without a Ctrl-C (the driver lost its Ray
@@ -76,6 +78,7 @@ class ExecutionSummary:
     stale_closed: int = 0
     results: list[TrialResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    pending: int = 0
     retried: dict[str, int] = field(default_factory=dict)
     retries_used: int = 0
     error: str | None = None
@@ -91,7 +94,7 @@ class ExecutionSummary:
             return 130
         if self.error:
             return 1
-        return 1 if self.failed or self.errors else 0
+        return 1 if self.failed or self.errors or self.pending else 0
 
     def counts(self) -> dict[str, int]:
         return {
@@ -117,6 +120,11 @@ class ExecutionSummary:
             text += f"; {lost} trial{'s' if lost != 1 else ''} retried because a node was lost"
         if self.interrupted:
             text += "; interrupted - run again to resume"
+        if self.pending:
+            text += (
+                f"; {self.pending} records pending: the store {self.tracking_uri} was unreachable for longer than the retry budget. "
+                f"They are in the execution's journal; run `orchestrator sync {self.study}` (or `run` again) once the store answers"
+            )
         if self.error:
             text += f"; stopped early: {self.error}"
         return text
@@ -198,6 +206,8 @@ def run_study(
     in_process: bool = False,
     progress: bool | None = None,
     overrides: Mapping[str, Any] | None = None,
+    record_retry_s: float | None = None,
+    writers: int | None = None,
 ) -> ExecutionSummary:
     """Execute a study and record it in MLflow; returns what happened.
 
@@ -212,6 +222,10 @@ def run_study(
         in_process: run trials in this process, serially, without Ray (debugging).
         progress: live display (``None``: when stderr is a terminal, else log lines; False: quiet).
         overrides: fixed parameters to override for this execution (changes trial ids).
+        record_retry_s: how long the store may keep failing before records are left pending in
+            the journal (default ``$ORCHESTRATOR_RECORD_RETRY_S``, else 120 s).
+        writers: threads writing per-trial runs (default ``$ORCHESTRATOR_RECORD_WRITERS``, else
+            1 for SQLite and 8 for a server or database).
 
     Raises:
         TrackingStoreError: the store is unreachable or unwritable (before any trial runs).
@@ -248,7 +262,7 @@ def run_study(
 
         executor = RayExecutor(address, study.resources)
     try:
-        recorder = ExecutionRecorder(store, plan, mode=mode)
+        recorder = ExecutionRecorder(store, plan, mode=mode, retry_budget_s=record_retry_s, writers=writers)
         to_run = recorder.begin()
         if recorder.info is None:  # pragma: no cover - begin() always sets it
             raise RuntimeError("the execution recorder did not start an execution")
@@ -350,7 +364,7 @@ def _execute(
     summary.finished, summary.failed, summary.diverged, summary.killed = counts["finished"], counts["failed"], counts["diverged"], counts["killed"]
     summary.retried, summary.retries_used = dict(executor.retried), executor.retries_used
     status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed or summary.error else "FINISHED")
-    recorder.close(status, summary.counts(), summary.error)
+    summary.pending = recorder.close(status, summary.counts(), summary.error)
     summary.wall_s = time.monotonic() - start
     summary.errors = list(recorder.errors)
     run_ids = recorder.run_ids
