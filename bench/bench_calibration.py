@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--part", choices=["all", "type1", "coverage"], default="all")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--scenario", choices=["a", "b", "c"], default=None, help="only this type-I scenario")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     from orchestrator.analysis.calibration import SCENARIOS, coverage, type_one_error
@@ -33,9 +34,10 @@ def main() -> None:
     print(f"machine: nproc={os.cpu_count()} {platform.processor() or platform.machine()} "
           f"python={platform.python_version()} date={datetime.date.today().isoformat()}", flush=True)
     if args.part in ("all", "type1"):
-        for sc in SCENARIOS:
+        for sc in [args.scenario] if args.scenario else list(SCENARIOS):
             t0 = time.perf_counter()
-            res = type_one_error(sc, sims=args.sims, seed=args.seed)
+            res = type_one_error(sc, sims=args.sims, seed=args.seed,
+                                 progress=lambda r: print("progress " + json.dumps(r), flush=True))
             before = type_one_error(sc, sims=min(args.sims, 200), seed=args.seed, seed_interactions="none")
             ok = 0.035 <= res["rate"] <= 0.065
             print(f"type-I scenario {sc} ({SCENARIOS[sc]}): {res['rate']:.4f} +- {res['se']:.4f} over {res['tested']} "
@@ -45,7 +47,8 @@ def main() -> None:
             print("json " + json.dumps({"type1": res, "additive": before}), flush=True)
     if args.part in ("all", "coverage"):
         t0 = time.perf_counter()
-        res = coverage(sims=args.coverage_sims, bootstrap=args.bootstrap, seed=args.seed)
+        res = coverage(sims=args.coverage_sims, bootstrap=args.bootstrap, seed=args.seed,
+                       progress=lambda r: print("progress " + json.dumps(r), flush=True))
         for key, value in res["coverage"].items():
             ok = 0.92 <= value <= 0.98
             print(f"coverage {key}: {value:.3f} over {res['counted'][key]} datasets "

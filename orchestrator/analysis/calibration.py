@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -55,8 +55,12 @@ def simulate(scenario: str, rng: np.random.Generator) -> tuple[pd.DataFrame, dic
 
 
 def type_one_error(scenario: str, sims: int, seed: int = 0, alpha: float = 0.05,
-                   seed_interactions: str = "main") -> dict[str, Any]:
-    """Fraction of ``sims`` datasets in which the test of the null factor ``A`` rejects at ``alpha``."""
+                   seed_interactions: str = "main", progress: Callable[[dict[str, Any]], None] | None = None,
+                   every: int = 50) -> dict[str, Any]:
+    """Fraction of ``sims`` datasets in which the test of the null factor ``A`` rejects at ``alpha``.
+
+    ``progress`` (if given) receives the running figures every ``every`` datasets.
+    """
     from orchestrator.analysis.core import analyze
 
     rng = np.random.default_rng(seed)
@@ -70,17 +74,24 @@ def type_one_error(scenario: str, sims: int, seed: int = 0, alpha: float = 0.05,
             continue
         used += 1
         rejections += row["p"] < alpha
+        if progress is not None and used % every == 0:
+            progress(_rate(scenario, used, rejections, shares))
+    return {**_rate(scenario, used, rejections, shares), "sims": sims}
+
+
+def _rate(scenario: str, used: int, rejections: int, shares: list[float]) -> dict[str, Any]:
     rate = rejections / used if used else float("nan")
-    return {"scenario": scenario, "sims": sims, "tested": used, "rate": rate,
+    return {"scenario": scenario, "tested": used, "rejections": rejections, "rate": rate,
             "se": math.sqrt(rate * (1 - rate) / used) if used else float("nan"),
-            "mean_share_A": float(np.mean(shares))}
+            "mean_share_A": float(np.mean(shares)) if shares else float("nan")}
 
 
 #: Coverage scenario: A (3 levels, effects -0.5, 0, 0.5) x seed (20 levels) x 2 replicates.
 COVERAGE_TRUTH = {"seed": 1.0, "seed:A": 0.3, "Residual": 0.5, "A": 1 / 6}
 
 
-def coverage(sims: int, bootstrap: int, seed: int = 0, seeds: int = 20) -> dict[str, Any]:
+def coverage(sims: int, bootstrap: int, seed: int = 0, seeds: int = 20,
+             progress: Callable[[dict[str, Any]], None] | None = None, every: int = 20) -> dict[str, Any]:
     """Fraction of 95% intervals (variance components and shares) that contain the truth."""
     from orchestrator.analysis.core import analyze
 
@@ -109,5 +120,8 @@ def coverage(sims: int, bootstrap: int, seed: int = 0, seeds: int = 20) -> dict[
             if s["ci"] is not None:
                 counted[key] = counted.get(key, 0) + 1
                 hits[key] = hits.get(key, 0) + (s["ci"][0] <= true_share[s["source"]] <= s["ci"][1])
+        done = _ + 1
+        if progress is not None and done % every == 0:
+            progress({"done": done, "coverage": {k: hits[k] / counted[k] for k in counted}})
     return {"sims": sims, "bootstrap": bootstrap, "seeds": seeds,
             "coverage": {k: hits[k] / counted[k] for k in counted}, "counted": counted}
