@@ -108,6 +108,7 @@ class Postgres:
 
     def stop(self) -> None:
         self._sh(f"{self.bin}/pg_ctl -D {self.folder / 'data'} -m fast stop > /dev/null")
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class MlflowServer:
@@ -332,7 +333,7 @@ def main() -> None:
                 continue
             try:
                 if backend == "postgres":
-                    pg = Postgres(folder / "pg")
+                    pg = Postgres(Path(tempfile.mkdtemp(prefix="bench_pg_")))  # user postgres must reach it: not under a 0700 folder
                     stops.append(pg.stop)
                     store_uri = pg.uri
                 else:
