@@ -52,12 +52,12 @@ class ExecutionSummary:
         wall_s: seconds from the first submission to the last record.
         results: the final result of every trial run now.
         errors: records that could not be written.
-        pending: records the store did not take within the retry budget; they are in the
-            execution's journal and ``orchestrator sync STUDY`` (or the next ``run``) writes them.
         retried: trials retried at least once, per reason (``node lost``, ``worker died``, ``failed``).
         retries_used: attempts run again, all reasons together.
         error: why the execution stopped early without a Ctrl-C (the driver lost its Ray
             cluster, or another driver took the execution over), else ``None``.
+        pending: records the store did not take within the retry budget; they are in the
+            execution's journal and ``orchestrator sync STUDY`` (or the next ``run``) writes them.
     """
 
     study: str
@@ -78,10 +78,10 @@ class ExecutionSummary:
     stale_closed: int = 0
     results: list[TrialResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    pending: int = 0
     retried: dict[str, int] = field(default_factory=dict)
     retries_used: int = 0
     error: str | None = None
+    pending: int = 0
 
     @property
     def ran(self) -> int:
@@ -89,7 +89,7 @@ class ExecutionSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 all good, 1 some trials failed or records are missing, 130 interrupted by Ctrl-C."""
+        """0 all good, 1 some trials failed or records are pending, 130 interrupted by Ctrl-C."""
         if self.interrupted:
             return 130
         if self.error:
@@ -120,13 +120,13 @@ class ExecutionSummary:
             text += f"; {lost} trial{'s' if lost != 1 else ''} retried because a node was lost"
         if self.interrupted:
             text += "; interrupted - run again to resume"
+        if self.error:
+            text += f"; stopped early: {self.error}"
         if self.pending:
             text += (
                 f"; {self.pending} records pending: the store {self.tracking_uri} was unreachable for longer than the retry budget. "
                 f"They are in the execution's journal; run `orchestrator sync {self.study}` (or `run` again) once the store answers"
             )
-        if self.error:
-            text += f"; stopped early: {self.error}"
         return text
 
 
@@ -195,6 +195,33 @@ def _with_overrides(study: "Study", overrides: Mapping[str, Any] | None) -> "Stu
     return study.with_params(overrides) if overrides else study
 
 
+class _Background:
+    """Run ``work`` in a thread now; :meth:`result` waits for it and returns its value or raises its exception."""
+
+    def __init__(self, work: Callable[[], "ExecutionRecorder"]):
+        self._value: ExecutionRecorder | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name="orchestrator-open-records", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], "ExecutionRecorder"]) -> None:
+        try:
+            self._value = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> "ExecutionRecorder":
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._value is None:  # pragma: no cover - work returns a recorder or raises
+            raise RuntimeError("opening the records returned nothing")
+        return self._value
+
+
 def run_study(
     study: "Study",
     *,
@@ -253,16 +280,29 @@ def run_study(
     retries = study.retries if retries is None else retries
     plan = make_plan(study)
     check_records(detect_placement(), tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # a Ray job's temporary copy: refuse
-    store = open_store(tracking_uri)  # unreachable / unwritable: fail before any trial
     executor: Executor
     if in_process:
+        store = open_store(tracking_uri)  # unreachable / unwritable: fail before any trial
+        recorder = ExecutionRecorder(store, plan, mode=mode, retry_budget_s=record_retry_s, writers=writers)
         executor = InProcessExecutor()
     else:
         from .ray_backend import RayExecutor
 
-        executor = RayExecutor(address, study.resources)
+        # start-up: importing mlflow, checking the store and fingerprinting the environment overlap
+        # with Ray's start (mostly waiting for its processes); the store is checked before any trial
+        opening = _Background(lambda: ExecutionRecorder(open_store(tracking_uri), plan, mode=mode, retry_budget_s=record_retry_s, writers=writers))
+        try:
+            executor = RayExecutor(address, study.resources)
+        except BaseException:
+            opening.wait()
+            raise
+        try:
+            recorder = opening.result()
+        except BaseException:
+            executor.close()
+            raise
+        store = recorder.store
     try:
-        recorder = ExecutionRecorder(store, plan, mode=mode, retry_budget_s=record_retry_s, writers=writers)
         to_run = recorder.begin()
         if recorder.info is None:  # pragma: no cover - begin() always sets it
             raise RuntimeError("the execution recorder did not start an execution")
@@ -272,7 +312,14 @@ def run_study(
             parent_run_id=info.parent_run_id, experiment_id=info.experiment_id, tracking_uri=store.uri,
             planned=len(plan.trials), skipped=len(plan.trials) - len(to_run), stale_closed=recorder.stale_closed,
         )
-        _execute(executor, recorder, to_run, summary, retries=retries, max_concurrent=max_concurrent, progress=progress, resources=study.resources)
+        failed_before: list[tuple[Trial, str]] = []
+        if study.tuning is not None:  # the search phase: each cell's configuration selected on Ray Tune, then the reruns
+            from ..tuning.phase import search_phase
+
+            say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
+            phase = search_phase(study, plan, recorder, to_run, in_process=in_process, max_concurrent=max_concurrent, log=say)
+            to_run, failed_before = phase.trials, phase.failed
+        _execute(executor, recorder, to_run, summary, retries=retries, max_concurrent=max_concurrent, progress=progress, resources=study.resources, failed_before=failed_before)
     finally:
         executor.close()
     return summary
@@ -288,9 +335,14 @@ def _execute(
     max_concurrent: int | None,
     progress: bool | None,
     resources: Resources,
+    failed_before: Sequence[tuple[Trial, str]] = (),
 ) -> None:
     stop = threading.Event()
-    counts = {"finished": 0, "failed": 0, "diverged": 0, "killed": 0}
+    counts = {"finished": 0, "failed": len(failed_before), "diverged": 0, "killed": 0}
+    for trial, reason in failed_before:  # trials that cannot run (their search selected nothing): recorded outcomes
+        failure = TrialResult(trial_id=trial.trial_id, state=TrialState.FAILED, error=reason)
+        summary.results.append(failure)
+        recorder.trial_done(trial, failure)
 
     def on_done(outcome: Outcome) -> None:
         result = outcome.result
