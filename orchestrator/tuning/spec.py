@@ -44,7 +44,7 @@ __all__ = ["ASHA", "Budget", "BudgetUnit", "TEST_PREFIXES", "Tuning", "VALIDATIO
 
 VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
     "digits": ("val_loss", "val_accuracy"),
-    "teacher_student": ("val_loss",),
+    "teacher_student": (),
     "two_layer_linear": (),
     "synthetic": (),
     "tuned": (),
@@ -135,7 +135,7 @@ class ASHA:
     A configuration is stopped at epoch ``grace_epochs * reduction_factor**k`` when its
     validation metric is not in the top ``1/reduction_factor`` of the configurations of
     the same search that reached that epoch. The workload must log the selection metric
-    once per epoch (the built-in ones do with ``validation_size`` > 0). With ASHA, the
+    once per epoch (digits does with ``validation_size`` > 0). With ASHA, the
     configurations of one search run one after another (so the stopping decisions, and the
     selection, are reproducible); searches of different cells still run concurrently.
     """
@@ -375,7 +375,7 @@ class Tuning:
                         f"{where}.select",
                         f"a validation metric the {workload!r} workload reports",
                         f"{self.select!r}, but {workload!r} reports no validation metric",
-                        "Tune a workload with a validation split (digits, teacher_student) or a 'package.module:function' one that reports val_* metrics.",
+                        "Tune a workload with a validation split (digits with validation_size > 0) or a 'package.module:function' one that reports val_* metrics.",
                     )
                 )
         if self.goal not in _GOALS and getattr(self.goal, "value", None) not in _GOALS:
