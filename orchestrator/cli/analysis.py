@@ -72,6 +72,21 @@ def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int | None, l
     return result
 
 
+def _record(choice: dict[str, Any], result: "AnalysisResult") -> None:
+    """Log the analysis of a STUDY's execution on that execution's run; a store that refuses it is a warning."""
+    study, records = choice.get("study"), choice.get("records")
+    if study is None or records is None:
+        return
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.records.summary import record_analysis
+
+    default = choice["response"] == ((choice.get("defaults") or {}).get("metric") or study.primary_metric.name)
+    try:
+        record_analysis(records, choice["meta"], result.to_dict(), default=default)
+    except OrchestratorError as exc:
+        click.echo(f"warning: {exc}", err=True)
+
+
 def _common(fn):
     options = [
         click.argument("study", required=False),
@@ -90,6 +105,9 @@ def _common(fn):
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--spread-by", default=None, help="Fixed factor within whose levels to estimate components."),
         tracking_uri_option,
+        click.option("--record/--no-record", default=True, show_default=True,
+                     help="For a STUDY: log the numbers on the execution's MLflow run (metrics share.<term>, vc.<component>, "
+                          "F.<term>, p.<term>) and the question and share table as its description."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -105,7 +123,7 @@ def _common(fn):
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
 def analyze(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
             fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, bootstrap: int, seed: int,
-            spread_by: str | None, tracking_uri: str | None, fmt: str, plan_replicates: bool,
+            spread_by: str | None, tracking_uri: str | None, record: bool, fmt: str, plan_replicates: bool,
             effect_size: float | None, power: float, alpha: float) -> None:
     """Attribute the variance of a metric to each factor of STUDY, or of a CSV (--csv).
 
@@ -126,6 +144,8 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
             result.power = result.plan_replicates(effect_size, power=power, alpha=alpha).to_dict()
         except AnalysisError as exc:
             raise click.UsageError(" ".join(str(exc).split())) from None
+    if record:
+        _record(choice, result)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
@@ -138,7 +158,7 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
               help="Folder for report.md, report.html and the plots (default: reports/<name>).")
 def report(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
            fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, bootstrap: int, seed: int,
-           spread_by: str | None, tracking_uri: str | None, out: str | None) -> None:
+           spread_by: str | None, tracking_uri: str | None, record: bool, out: str | None) -> None:
     """Write a Markdown and a self-contained HTML report with plots; for a STUDY, log them to MLflow.
 
     \b
@@ -156,6 +176,8 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
     if choice["study"] is not None:
         choice["records"].log_artifacts(folder, artifact_path="analysis")
         click.echo("logged to the study's parent MLflow run under artifacts/analysis")
+        if record:
+            _record(choice, result)
     for key, path in paths.items():
         click.echo(f"{key}: {path}")
 

@@ -7,8 +7,7 @@ Exit status of ``run``: 0 every trial finished, 1 some failed (the count is prin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+import signal
 import sys
 
 import click
@@ -114,26 +113,51 @@ def executions(study: str, tracking_uri: str | None, fmt: str) -> None:
 @click.command("ui")
 @click.argument("study", required=False)
 @tracking_option
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds to wait for the UI to answer before giving up.")
 @click.option("--dry-run", is_flag=True, help="Print the command and URL, start nothing.")
-def ui(study: str | None, tracking_uri: str | None, port: int, dry_run: bool) -> None:
-    """Start the MLflow UI on the study store, bound to 127.0.0.1, and print its URL."""
-    from ..records.store import open_store
+def ui(study: str | None, tracking_uri: str | None, port: int, timeout: float, dry_run: bool) -> None:
+    """Start the MLflow UI on the study store, bound to 127.0.0.1; print its URL once it answers.
 
-    store = open_store(tracking_uri, check=not dry_run)
-    url = f"http://127.0.0.1:{port}"
-    if study:
-        experiment = store.experiment_id(load(study, None).name)
-        if experiment:
-            url += f"/#/experiments/{experiment}"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri, "--host", "127.0.0.1", "--port", str(port)]
-    if store.artifact_root:
-        command += ["--default-artifact-root", store.artifact_root]
-    click.echo(f"MLflow UI: {url}")
-    if dry_run:
-        click.echo(" ".join(command))
+    With a STUDY, the URL opens the study's experiment on its runs table. Ctrl-C stops the UI.
+    """
+    from ..records.store import open_store, resolve_tracking_uri
+    from ..records.ui import UiServer, experiment_url
+
+    loaded = load(study, None) if study else None
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server: its UI is already there
+        experiment = open_store(uri).experiment_id(loaded.name) if loaded else None
+        click.echo(f"MLflow UI: {experiment_url(uri.rstrip('/'), experiment)}")
         return
+    server = UiServer(uri, port)
+    if dry_run:
+        experiment = open_store(uri, check=False).experiment_id(loaded.name) if loaded else None
+        click.echo(f"MLflow UI: {server.url(experiment)}")
+        click.echo(" ".join(server.command()))
+        return
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        sys.exit(subprocess.call(command, env=dict(os.environ)))
+        log = server.start()
+        click.echo(f"starting the MLflow UI on {server.base} (its log: {log}) ...", err=True)
+        seconds = server.wait_ready(timeout)
+        experiment = server.experiment_id(loaded.name) if loaded is not None else None
+        if loaded is not None and experiment is None:
+            click.echo(f"warning: {uri} holds no experiment named {loaded.name!r} yet: the URL opens the experiments list", err=True)
+        click.echo(f"MLflow UI: {server.url(experiment)}")
+        click.echo(f"(answered after {seconds:.1f} s; Ctrl-C stops it)", err=True)
+        code = server.wait()
+        if code:
+            click.echo(f"the MLflow UI exited with status {code}; its log: {log}", err=True)
+        sys.exit(code)
     except KeyboardInterrupt:
         sys.exit(0)
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # runs the command's finally: the UI server is stopped with it
