@@ -116,7 +116,7 @@ def test_orchestrator_ui_serves_the_study_store_on_localhost(write_study, tmp_pa
             except OSError:
                 assert proc.poll() is None and time.time() < deadline, "mlflow ui did not start"
                 time.sleep(0.5)
-        assert first.strip().endswith(experiment["experiment_id"])
+        assert f"/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning" in first  # its runs table
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the group this test started: orchestrator ui and the mlflow ui under it
         try:
