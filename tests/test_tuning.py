@@ -239,3 +239,11 @@ def test_planning_imports_no_ray():
 
     code = "import sys, orchestrator.tuning as t; assert not [m for m in ('ray', 'torch', 'mlflow') if m in sys.modules], sys.modules.keys()"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_digits_needs_a_validation_split_to_select_on():
+    from orchestrator import Factor, Study, Variant
+
+    with pytest.raises(StudyError, match=r"params\['validation_size'\]: expected a share in \(0, 1\) of the training split held out for tuning\.select \('digits' reports validation metrics only then\), found none\. e\.g\. params=\{'validation_size': 0\.2\}"):
+        Study(name="x", workload="digits", factors=[Factor("optimizer", ["sgd"])], metrics={"test_loss": "minimize"},
+              tuning=Tuning(space={"lr": LogUniform(1e-3, 1.0)}, select="val_loss"), variants={"smoke": Variant(), "full": Variant()})

@@ -285,7 +285,7 @@ class TunedSettings(Protocol):
     reruns: int
     searches: int
 
-    def problems(self, factors: Mapping[str, Sequence[Any]], workload: str, *, where: str = "tuning") -> list[Problem]: ...
+    def problems(self, factors: Mapping[str, Sequence[Any]], workload: str, *, where: str = "tuning", params: Mapping[str, Any] | None = None) -> list[Problem]: ...
 
     def replace(self, **changes: Any) -> "TunedSettings": ...
 
@@ -541,7 +541,7 @@ class Study:
         if not isinstance(raw, TunedSettings):
             problems.append(Problem("tuning", "Tuning(space=..., select=..., budget=..., ...) from orchestrator.tuning", _describe(raw)))
             return None
-        problems.extend(raw.problems({f.name: f.all_levels for f in self.factors}, str(self.workload)))
+        problems.extend(raw.problems({f.name: f.all_levels for f in self.factors}, str(self.workload), params=self.params))
         if replicates is not None and replicates != raw.reruns:
             problems.append(
                 Problem("replicates", f"no replicates in a tuned study (its trials are the {raw.reruns} reruns of each search's selection)", _describe(replicates), f"Set tuning=Tuning(..., reruns={replicates}) instead.")

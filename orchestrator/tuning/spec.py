@@ -52,6 +52,9 @@ VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
 }
 """Validation metrics each built-in workload reports (with ``validation_size`` > 0 for the numerics ones)."""
 
+VALIDATION_SPLIT_WORKLOADS = ("digits",)
+"""Built-in workloads that carve their validation split out of the training split by ``validation_size``."""
+
 TEST_PREFIXES = ("test",)
 """A metric whose name starts with one of these is a test metric: never a selection metric."""
 
@@ -239,15 +242,28 @@ class Tuning:
         }
 
     # -- validation -----------------------------------------------------------------------
-    def problems(self, factors: Mapping[str, Sequence[Any]], workload: str, *, where: str = "tuning") -> list[Problem]:
+    def problems(self, factors: Mapping[str, Sequence[Any]], workload: str, *, where: str = "tuning", params: Mapping[str, Any] | None = None) -> list[Problem]:
         """Every problem of this declaration in a study with these factors and workload.
 
         Args:
             factors: factor name -> all its levels.
             workload: the study's workload (built-in name or reference).
             where: the field name problems are reported under.
+            params: the study's fixed parameters (a built-in workload reports its validation
+                metrics only with ``validation_size`` > 0).
         """
         problems: list[Problem] = []
+        if params is not None and VALIDATION_METRICS.get(str(workload)) and str(workload) in VALIDATION_SPLIT_WORKLOADS:
+            share = params.get("validation_size", 0.0)
+            if not _number(share) or not 0 < float(share) < 1:
+                problems.append(
+                    Problem(
+                        "params['validation_size']",
+                        f"a share in (0, 1) of the training split held out for {where}.select ({workload!r} reports validation metrics only then)",
+                        _describe(share) if "validation_size" in params else "none",
+                        "e.g. params={'validation_size': 0.2}.",
+                    )
+                )
         problems += self._space_problems(factors, where)
         problems += self._select_problems(workload, where)
         problems += self._budget_problems(factors, where)
