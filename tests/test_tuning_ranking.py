@@ -74,3 +74,22 @@ def test_bad_input_names_the_problem():
         ranking_stability(df[df.optimizer == "sgd"], "optimizer", "test_loss", by=["budget"])
     with pytest.raises(AnalysisError, match=r"goal: expected 'minimize' or 'maximize', found 'min'"):
         ranking_stability(df, "optimizer", "test_loss", goal="min")
+
+
+def test_a_tuned_study_asks_for_its_ranking_and_gets_the_rank_plot(tmp_path):
+    from orchestrator import Factor, Study, Variant
+    from orchestrator.analysis.ranking import study_ranking
+    from orchestrator.tuning import LogUniform, Tuning
+
+    study = Study(
+        name="ranked", workload="orchestrator.workloads.tuned:landscape",
+        factors=[Factor("optimizer", ["sgd", "momentum", "adam"]), Factor("budget", [4, 16])],
+        tuning=Tuning(space={"lr": LogUniform(1e-3, 1.0)}, select="val_loss", budget="budget", searches=4, reruns=3),
+        metrics={"test_loss": "minimize"}, analysis={"ranking": "optimizer"}, variants={"smoke": Variant(), "full": Variant()},
+    )
+    df = simulated({"sgd": 1.0, "momentum": 0.5, "adam": 2.0}, seed=6).assign(state="FINISHED", diverged=0.0)
+    result, plots = study_ranking(study, df, "test_loss", str(tmp_path), replicates=300)
+    assert result.by == ("budget",) and list(result.ranks[result.ranks["rank"] == 1]["level"]) == ["momentum", "momentum"]
+    assert plots == [str(tmp_path / "ranking_optimizer.png")] and (tmp_path / "ranking_optimizer.png").is_file()
+    unranked = Study(name="plain", workload="synthetic", factors=[Factor("optimizer", ["a", "b"])], metrics={"response": "minimize"}, variants={"smoke": Variant(), "full": Variant()})
+    assert study_ranking(unranked, df, "test_loss") is None

@@ -38,7 +38,7 @@ from .errors import AnalysisError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RankingStability", "ranking_stability", "plot_rank_against_budget"]
+__all__ = ["RankingStability", "plot_rank_against_budget", "ranking_stability", "study_ranking"]
 
 
 @dataclass(frozen=True)
@@ -217,3 +217,41 @@ def plot_rank_against_budget(result: RankingStability, budget: str, path: str, *
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def study_ranking(study: Any, df: "pd.DataFrame", metric: str, folder: str | None = None, *, replicates: int = 2000) -> tuple[RankingStability, list[str]] | None:
+    """The ranking a study asks for (``analysis={"ranking": factor}``), and its plots: what a report shows.
+
+    Groups are the study's other factors; for a tuned study the search seeds are resampled
+    as units (``seed_index_search``) and, when the budget is a factor, rank is plotted
+    against it (one panel per level of the first other factor). Returns None when the study
+    asks for no ranking.
+
+    Args:
+        study: the resolved study.
+        df: its results (one row per trial; unfinished and diverged rows are dropped here).
+        metric: the response.
+        folder: where to write ``ranking_<factor>.png`` (no plot when None).
+        replicates: bootstrap replicates.
+    """
+    factor = (getattr(study, "analysis", None) or {}).get("ranking")
+    if not factor:
+        return None
+    data = df
+    if "state" in data.columns:
+        data = data[data["state"] == "FINISHED"]
+    if "diverged" in data.columns:
+        data = data[data["diverged"].fillna(0) < 1]
+    by = [name for name in study.factor_names if name != factor]
+    search = "seed_index_search" if "seed_index_search" in data.columns else "replicate"
+    goal = next((m.goal.value if hasattr(m.goal, "value") else str(m.goal) for m in study.metrics if m.name == metric), "minimize")
+    result = ranking_stability(data, factor, metric, by=by, search=search, rerun="replicate", goal=goal, replicates=replicates)
+    plots: list[str] = []
+    tuning = getattr(study, "tuning", None)
+    budget = tuning.the_budget.factor if tuning is not None else None
+    if folder is not None and budget in by:
+        import os
+
+        others = [name for name in by if name != budget]
+        plots.append(plot_rank_against_budget(result, budget, os.path.join(folder, f"ranking_{factor}.png"), panel=others[0] if others else None))
+    return result, plots
