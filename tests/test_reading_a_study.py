@@ -34,6 +34,21 @@ def _results(seed: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_the_cells_table_of_a_write_up_is_sorted_by_the_factors():
+    from orchestrator.operations.writeup import cell_table
+
+    df = _results().sample(frac=1.0, random_state=0)
+    df["cell_id"] = df["reduction_order"] + "-" + df["precision"] + "-" + df["regime"]
+    df["state"] = "FINISHED"
+    df["diverged"] = 0
+    levels = {"reduction_order": ["fixed", "shuffled"], "precision": ["fp32", "bf16"], "regime": ["short", "long"]}
+    rows = cell_table(df, LONG, "response", levels=levels)
+    keys = [tuple(row[:3]) for row in rows]
+    assert keys == [(o, p, r) for o in levels["reduction_order"] for p in levels["precision"] for r in levels["regime"]]
+    # without the declared orders: sorted by value
+    assert [tuple(row[:3]) for row in cell_table(df, LONG, "response")] == sorted(keys)
+
+
 def test_the_summary_of_an_analysis_becomes_metrics_and_a_description():
     from orchestrator.records.summary import execution_summary, metric_key
 

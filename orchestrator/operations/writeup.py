@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..formatting import fmt_number
 
@@ -39,8 +40,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def cell_table(df: "pd.DataFrame", factors: Sequence[str], metric: str) -> list[list[Any]]:
-    """Per cell: levels, n finished, diverged, mean, sd, min, max of ``metric``."""
+def _level_key(value: Any, order: Sequence[Any] | None) -> tuple[int, int, float, str]:
+    """Sort key of a level: its place in the declared order, else numbers by value, then text."""
+    if order is not None:
+        for i, level in enumerate(order):
+            if level == value or str(level) == str(value):
+                return (0, i, 0.0, "")
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(float(value)):
+        return (1, 0, float(value), "")
+    return (2, 0, 0.0, str(value))
+
+
+def cell_table(df: "pd.DataFrame", factors: Sequence[str], metric: str,
+               levels: Mapping[str, Sequence[Any]] | None = None) -> list[list[Any]]:
+    """Per cell: levels, n finished, diverged, mean, sd, min, max of ``metric``; sorted by the factors.
+
+    Rows are ordered by the first factor, then the second, ...: each factor's levels in the
+    order ``levels`` declares (the study's), else numbers by value and text alphabetically.
+    """
     rows = []
     for _, group in df.groupby("cell_id", sort=False):
         first = group.iloc[0]
@@ -51,6 +68,8 @@ def cell_table(df: "pd.DataFrame", factors: Sequence[str], metric: str) -> list[
         mean = sum(values) / len(values) if values else None
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if mean is not None and len(values) > 1 else None
         rows.append([*(first[f] for f in factors), len(finished), diverged, mean, sd, min(values) if values else None, max(values) if values else None])
+    orders = levels or {}
+    rows.sort(key=lambda row: [_level_key(value, orders.get(f)) for f, value in zip(factors, row)])
     return rows
 
 
@@ -182,7 +201,7 @@ def write_page(
         lines += ["### Variance components", "", _table(["component", "variance", "sd", "95% CI", "at zero (boundary)"],
                   [[c["component"], c.get("variance"), c.get("sd"), c.get("ci"), c.get("boundary")] for c in components]), ""]
     names = study.factor_names
-    lines += [f"### Cells: `{metric}`", "", _table([*names, "finished", "diverged", "mean", "sd", "min", "max"], cell_table(df, names, metric)), ""]
+    lines += [f"### Cells: `{metric}`", "", _table([*names, "finished", "diverged", "mean", "sd", "min", "max"], cell_table(df, names, metric, levels={f.name: f.all_levels for f in study.factors})), ""]
     lines += ["### Plots", ""]
     for key, path in paths.items():
         if key in ("markdown", "html"):
