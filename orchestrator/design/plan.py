@@ -272,13 +272,19 @@ def make_plan(study: "Study") -> Plan:
 
     combos = _seed_combinations(study)
     trials: list[dict[str, Any]] = []
+    # a seed is a pure function of (stream, index, scope): shared streams repeat across cells, so derive each once
+    derived: dict[tuple[str, int, str | None], int] = {}
     for cell in cells:
         for replicate, index in enumerate(combos):
             seeds = {}
             for stream, i in index.items():
                 policy = study.seed_streams[stream]
                 scoped = study.seed_scope.scope(cell.cell_id, policy)
-                seeds[stream] = derive_seed(study.seed, stream, i, scoped)
+                key = (stream, i, scoped)
+                seed = derived.get(key)
+                if seed is None:
+                    seed = derived[key] = derive_seed(study.seed, stream, i, scoped)
+                seeds[stream] = seed
             if study.tuning is not None:  # the search stream is per cell and budget (orchestrator.tuning.search.search_seed)
                 seeds["search"] = study.tuning.search_seed(study.seed, cell.cell_id, cell.levels, index["search"])
             trials.append(
@@ -291,6 +297,9 @@ def make_plan(study: "Study") -> Plan:
                 )
             )
     ordered = _run_order(study, trials)
+    # trials are frozen: the trials of a cell share its levels and every trial shares the parameters (memory of 1e6-trial plans)
+    params = dict(study.params)
+    cell_levels = {cell.cell_id: dict(cell.levels) for cell in cells}
     built = [
         Trial(
             study=study.name,
@@ -298,8 +307,8 @@ def make_plan(study: "Study") -> Plan:
             trial_id=t["trial_id"],
             cell_id=t["cell"].cell_id,
             replicate=t["replicate"],
-            levels=dict(t["cell"].levels),
-            params=dict(study.params),
+            levels=cell_levels[t["cell"].cell_id],
+            params=params,
             seeds=t["seeds"],
             seed_index=t["seed_index"],
             workload=study.workload,
