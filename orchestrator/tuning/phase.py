@@ -14,6 +14,7 @@ seed and declaration, both part of the plan.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,11 @@ if TYPE_CHECKING:
     from ..records.recorder import ExecutionRecorder
     from .ray_tune import SearchRun
 
-__all__ = ["SearchPhase", "run_in_process", "search_phase", "searches_of"]
+__all__ = ["SearchInterrupted", "SearchPhase", "run_in_process", "search_phase", "searches_of"]
+
+
+class SearchInterrupted(OrchestratorError):
+    """Ctrl-C during the search phase: finished searches are recorded, the rest wait for a resume."""
 
 
 @dataclass
@@ -152,18 +157,32 @@ def search_phase(
             + (f"selected {dict(run.selection.configuration)} ({run.search.select}={run.selection.value:.4g})" if run.selection else f"failed: {run.error}"))
 
     if pending:
-        if in_process:
-            run_in_process(pending, done, stop)
-        else:
-            from .ray_tune import run_searches
+        stop = stop or threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C stops the experiment: finished searches stay recorded, the rest are left for a resume
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+        try:
+            if in_process:
+                run_in_process(pending, done, stop)
+            else:
+                from .ray_tune import run_searches
 
-            groups: dict[str, list[Search]] = {}
-            for search in pending:
-                groups.setdefault(f"{search.select}|{search.goal}|{search.scheduler}", []).append(search)
-            for group in groups.values():
-                if stop is not None and stop.is_set():
-                    break
-                run_searches(group, on_search_done=done, max_concurrent=max_concurrent, stop=stop)
+                groups: dict[str, list[Search]] = {}
+                for search in pending:
+                    groups.setdefault(f"{search.select}|{search.goal}|{search.scheduler}", []).append(search)
+                for group in groups.values():
+                    if stop.is_set():
+                        break
+                    run_searches(group, on_search_done=done, max_concurrent=max_concurrent, stop=stop)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if stop.is_set():
+            raise SearchInterrupted(
+                f"interrupted in the search phase after {phase.searched} of {len(pending)} searches: the finished ones are recorded; "
+                "run again to resume (finished searches are not redone)"
+            )
     for trial in to_run:
         search = by_key[(trial.cell_id, int(trial.seed_index.get(SEARCH_STREAM, 0)))]
         selection = selections.get(search.search_id)

@@ -44,7 +44,8 @@ _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_TRAIN_V2_ENABLED": "0",
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # a failed configuration reports its error, not the metric
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the search phase owns Ctrl-C: it stops the experiment through the stop event  # a failed configuration reports its error, not the metric
 }
 
 
