@@ -71,7 +71,7 @@ class TrackingStoreError(OrchestratorError):
 
 
 class ExecutionInProgressError(OrchestratorError):
-    """Another driver on this machine is executing the same study right now."""
+    """Another driver (on any host) holds a fresh lease on the same study and variant (see :mod:`.lease`)."""
 
 
 # -- the store ------------------------------------------------------------------------------
