@@ -260,6 +260,57 @@ def startup(folder: Path) -> dict[str, Any]:
     return {"to_first_trial_s": round(first - launched, 2), "command_s": round(ended - launched, 2), "cli_import_top": [(name, round(us / 1e6, 2)) for us, name in top]}
 
 
+def read_bench(folder: Path, n: int) -> dict[str, Any]:
+    """Read an execution of ``n`` trials back through ``Records.results`` (the results table): seconds and peak RSS.
+
+    The execution is written the way the recorder writes one (parent run, its tags, the table's
+    parts as artifacts, run ids) without running ``n`` trials; reading is what is timed.
+    """
+    import resource
+
+    from orchestrator.records import Records, open_store
+    from orchestrator.records import tags as T
+    from orchestrator.records.table import PART_FOLDER, RUN_IDS, part_name, table_rows, write_part, write_run_ids
+
+    side = 100
+    replicates = max(1, n // (side * side))
+    study = Study(
+        name=f"read_{n}", workload="synthetic", factors=[Factor("a", list(range(side))), Factor("b", list(range(side)))],
+        replicates=replicates, metrics={"response": "minimize"}, variants={"smoke": Variant(), "full": Variant()},
+    ).with_variant("full")
+    uri = f"sqlite:///{folder}/read/mlflow.db"
+    store = open_store(uri)
+    client = store.client
+    experiment = store.create_experiment(study.name)
+    tags = {T.RUN_KIND: T.KIND_EXECUTION, T.EXECUTION_ID: "e1", T.LINEAGE: "e1", T.VARIANT: "full", T.RESULTS_TABLE: PART_FOLDER}
+    parent = client.create_run(experiment, tags=tags).info.run_id
+    rows_per_part, entries, ids = 10_000, [], {}
+    for i in range(side * side * replicates):
+        a, b, r = (i // replicates) // side, (i // replicates) % side, i % replicates
+        trial_id = f"t{i:015d}"
+        entries.append({
+            "trial": {"trial_id": trial_id, "cell_id": f"c{a:03d}{b:03d}", "replicate": r, "order": i, "levels": {"a": a, "b": b},
+                      "seeds": {"init": i, "data": i + 1, "reduction": i + 2}, "seed_index": {"init": r, "data": r, "reduction": r}},
+            "result": {"state": "FINISHED", "metrics": {"response": a * 0.01 + b * 0.02 + r * 0.001, "wall_time_s": 1.0, "diverged": 0.0}, "info": {"deterministic": True}},
+            "curve": [], "ended_ms": 0, "final_step": 0,
+        })
+        ids[trial_id] = f"run{i}"
+    parts = (len(entries) + rows_per_part - 1) // rows_per_part
+    for k in range(parts):
+        path = write_part(table_rows(entries[k * rows_per_part:(k + 1) * rows_per_part], "e1"), folder / "read" / "spool" / part_name(k))
+        client.log_artifact(parent, str(path), PART_FOLDER)
+    client.log_artifact(parent, str(write_run_ids(ids, folder / "read" / "spool" / RUN_IDS)), PART_FOLDER)
+    client.set_tag(parent, T.RESULTS_PARTS, str(parts))
+    client.set_terminated(parent, "FINISHED")
+    del entries, ids
+    start = time.perf_counter()
+    df, meta = Records.open(study, tracking_uri=uri).results()
+    elapsed = time.perf_counter() - start
+    if meta["source"] != "table" or len(df) != side * side * replicates:
+        raise RuntimeError(f"read {len(df)} rows from {meta['source']}")
+    return {"trials": len(df), "s": round(elapsed, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def plan_bench(n: int) -> dict[str, Any]:
     """A plan of ``n`` trials in a fresh process: wall time and peak RSS."""
     code = (
@@ -289,20 +340,23 @@ def main() -> None:
     parser.add_argument("--capacity-threads", default="1,8,16")
     parser.add_argument("--tune-default-trials", type=int, default=60, help="Tune with defaults starts an actor per trial: fewer trials, the same per-trial cost")
     parser.add_argument("--only", choices=PATHS, action="append")
+    parser.add_argument("--skip-paths", action="store_true", help="none of the paths (only --startup / --read-trials / --plan-trials)")
     parser.add_argument("--startup", action="store_true", help="also measure start-up of orchestrator run")
     parser.add_argument("--plan-trials", type=int, default=0, help="also time a plan of this many trials (e.g. 1000000)")
+    parser.add_argument("--read-trials", type=int, default=0, help="also time reading an execution of this many trials (e.g. 100000)")
     parser.add_argument("--write", help="replace the '## Records' section of this markdown file")
     args = parser.parse_args()
     import ray
 
     folder = Path(tempfile.mkdtemp(prefix="bench_records_"))
     os.environ["ORCHESTRATOR_JOURNAL_DIR"] = str(folder / "journal")
-    ray.init(num_cpus=args.cores, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    ray.get([ray.remote(lambda: None).remote() for _ in range(args.cores * 2)])  # warm the worker pool
+    wanted = [] if args.skip_paths else (args.only or PATHS)
+    if wanted:
+        ray.init(num_cpus=args.cores, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.get([ray.remote(lambda: None).remote() for _ in range(args.cores * 2)])  # warm the worker pool
     ideal = args.trials * args.duration / args.cores
     rows: list[dict[str, Any]] = []
     extras: dict[str, Any] = {}
-    wanted = args.only or PATHS
     stops: list[Callable[[], None]] = []
 
     def record(path: str, measure: Callable[[], dict[str, Any]], trials: int) -> None:
@@ -362,6 +416,9 @@ def main() -> None:
         if args.startup:
             extras["startup"] = startup(folder)
             print(json.dumps(extras["startup"]), flush=True)
+        if args.read_trials:
+            extras["read"] = read_bench(folder, args.read_trials)
+            print(json.dumps(extras["read"]), flush=True)
         if args.plan_trials:
             extras["plan"] = plan_bench(args.plan_trials)
             print(json.dumps(extras["plan"]), flush=True)
@@ -406,6 +463,9 @@ def render(rows: list[dict[str, Any]], extras: dict[str, Any], args: argparse.Na
         s = extras["startup"]
         lines += ["", f"Start-up: `orchestrator run` to the first trial {s['to_first_trial_s']} s (whole 2-trial command {s['command_s']} s); "
                   f"slowest imports of `orchestrator.cli`: {', '.join(f'{n} {t} s' for n, t in s['cli_import_top'])}."]
+    if "read" in extras:
+        r = extras["read"]
+        lines += ["", f"Reads: `Records.results()` of a {r['trials']:,}-trial execution (its results table) in {r['s']} s; peak RSS of the bench process {r['peak_rss_mb']} MB."]
     if "plan" in extras:
         p = extras["plan"]
         lines += ["", f"Plan: {p['trials']:,} trials in {p['s']} s, peak RSS {p['peak_rss_mb']} MB (fresh process)."]

@@ -222,12 +222,11 @@ class Records:
                 "(recorded before tables existed, records still pending, or still running); expected one per execution of the lineage. "
                 f"Run orchestrator sync {study.source_file or study.name}, or read the runs (source='runs')."
             )
-        rows = self._rows_from_table(frame) if frame is not None else self._rows_from_runs(execution)
-        df = pd.DataFrame(rows)
+        df = self._frame_from_table(frame) if frame is not None else pd.DataFrame(self._rows_from_runs(execution))
         if not df.empty:
-            order = {t.trial_id: t.order for t in self._trials()}
-            df["_order"] = df["trial_id"].map(order)
-            df = df.sort_values(["_order", "trial_id"], na_position="last").drop(columns="_order").reset_index(drop=True)
+            # the plan's run order: recorded in the table; for runs, from the current plan
+            order = df.pop("_order") if "_order" in df else df["trial_id"].map({t.trial_id: t.order for t in self._trials()})
+            df = df.assign(_order=order).sort_values(["_order", "trial_id"], na_position="last").drop(columns="_order").reset_index(drop=True)
         tags = target.data.tags
         meta = {
             "experiment_id": experiment_id,
@@ -307,43 +306,39 @@ class Records:
                 frames.append(read_table(local))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def _rows_from_table(self, frame: "pd.DataFrame") -> list[dict[str, Any]]:
-        from .table import METRIC_PREFIX
+    def _frame_from_table(self, frame: "pd.DataFrame") -> "pd.DataFrame":
+        """The results table as :meth:`results` rows, column by column (1e5 trials in seconds)."""
+        import pandas as pd
+
+        from .table import METRIC_PREFIX, SEED_INDEX_PREFIX, SEED_PREFIX
 
         study = self.study
         if frame.empty:
-            return []
+            return pd.DataFrame()
         # one row per trial: FINISHED beats anything else, then the later start (as for runs)
         frame = frame.assign(_finished=(frame["state"] == "FINISHED").astype(int), _start=frame["started_ms"].fillna(0))
-        frame = frame.sort_values(["_finished", "_start"]).drop_duplicates("trial_id", keep="last")
-        metric_columns = [c for c in frame.columns if c.startswith(METRIC_PREFIX)]
-        streams = list(study.seed_streams)
-        rows = []
-        for record in frame.to_dict("records"):
-            typed = json.loads(record["trial"])
-            info = json.loads(record["info"] or "{}")
-            row: dict[str, Any] = {
-                "trial_id": record["trial_id"],
-                "cell_id": record["cell_id"],
-                "replicate": int(record["replicate"]),
-                "state": record["state"],
-                "run_id": record.get("run_id"),
-                "execution_id": record["execution_id"],
-            }
-            for name in study.factor_names:
-                row[name] = typed["levels"].get(name)
-            for stream in streams:
-                row[f"{T.SEED_PREFIX}{stream}"] = typed["seeds"].get(stream)
-                row[f"seed_index_{stream}"] = typed.get("seed_index", {}).get(stream)
-            for column in metric_columns:
-                value = record[column]
-                if value == value:  # a metric this trial did not report is absent, as in its run
-                    row[column[len(METRIC_PREFIX):]] = float(value)
-            row["deterministic"] = bool(info.get("deterministic", False))
-            row["param_hash"] = info.get("param_hash")
-            rows.append(row)
-        return rows
-
+        frame = frame.sort_values(["_finished", "_start"], kind="stable").drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+        out = pd.DataFrame({
+            "trial_id": frame["trial_id"],
+            "cell_id": frame["cell_id"],
+            "replicate": frame["replicate"].astype(int),
+            "state": frame["state"],
+            "run_id": frame["run_id"],
+            "execution_id": frame["execution_id"],
+        })
+        levels = frame["levels"].map({text: json.loads(text) for text in frame["levels"].unique()})  # parsed once per cell
+        for name in study.factor_names:
+            out[name] = [lv.get(name) for lv in levels]
+        for stream in study.seed_streams:
+            for prefix, column in ((SEED_PREFIX, f"{T.SEED_PREFIX}{stream}"), (SEED_INDEX_PREFIX, f"seed_index_{stream}")):
+                out[column] = frame[f"{prefix}{stream}"] if f"{prefix}{stream}" in frame else None
+        for column in (c for c in frame.columns if c.startswith(METRIC_PREFIX)):
+            out[column[len(METRIC_PREFIX):]] = frame[column].astype(float)
+        info = frame["info"].fillna("{}").map({text: json.loads(text) for text in frame["info"].fillna("{}").unique()})
+        out["deterministic"] = [bool(i.get("deterministic", False)) for i in info]
+        out["param_hash"] = [i.get("param_hash") for i in info]
+        out["_order"] = frame["order"].astype(int)
+        return out
     def _trials(self) -> list["Trial"]:
         """The current plan's trials (planned once per handle; none when the study cannot be planned)."""
         if self._plan_trials is None:

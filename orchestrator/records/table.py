@@ -13,9 +13,10 @@ table, artifacts of its parent run under ``results/``:
 Parts are cut from the journal deterministically (part *k* = trial entries *k x rows* to
 *(k+1) x rows - 1*), so a replay rebuilds exactly the part that failed to upload.
 
-Columns: ``trial_id``, ``cell_id``, ``replicate``, ``state``, ``execution_id``,
-``attempts``, ``started_ms``, ``trial`` (JSON: typed levels, seeds, seed indices),
-``info`` (JSON: what the trial recorded about itself) and one float column per metric,
+Columns: ``trial_id``, ``cell_id``, ``replicate``, ``order`` (the trial's place in the plan's
+run order), ``state``, ``execution_id``, ``attempts``, ``started_ms``, ``levels`` (JSON of the
+typed levels: one text per cell, parsed once per cell when read), ``seed.<stream>`` and
+``seed_index.<stream>`` (int64), ``info`` (JSON: what the trial recorded about itself) and one float column per metric,
 ``metric.<name>`` (the final value; a per-step metric's last value where the trial did not
 report it at the end), i.e. what the trial's run shows as its metrics.
 """
@@ -29,11 +30,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["METRIC_PREFIX", "PART_FOLDER", "RUN_IDS", "part_name", "read_table", "table_rows", "write_part", "write_run_ids"]
+__all__ = ["METRIC_PREFIX", "SEED_INDEX_PREFIX", "SEED_PREFIX", "PART_FOLDER", "RUN_IDS", "part_name", "read_table", "table_rows", "write_part", "write_run_ids"]
 
 PART_FOLDER = "results"
 RUN_IDS = "run_ids.parquet"
 METRIC_PREFIX = "metric."
+SEED_PREFIX = "seed."
+SEED_INDEX_PREFIX = "seed_index."
 DEFAULT_ROWS_PER_PART = 10_000
 
 
@@ -65,13 +68,16 @@ def table_rows(entries: Iterable[Mapping[str, Any]], execution_id: str) -> list[
             "trial_id": trial["trial_id"],
             "cell_id": trial["cell_id"],
             "replicate": int(trial["replicate"]),
+            "order": int(trial.get("order", 0)),
             "state": result["state"],
             "execution_id": execution_id,
             "attempts": int(result.get("attempts", 1)),
             "started_ms": entry.get("started_ms"),
-            "trial": json.dumps({"levels": trial["levels"], "seeds": trial["seeds"], "seed_index": trial["seed_index"]}, sort_keys=True, default=str),
+            "levels": json.dumps(trial["levels"], sort_keys=True, default=str),
             "info": json.dumps(result.get("info") or {}, sort_keys=True, default=str),
         }
+        row.update({f"{SEED_PREFIX}{k}": int(v) for k, v in trial["seeds"].items()})
+        row.update({f"{SEED_INDEX_PREFIX}{k}": int(v) for k, v in trial["seed_index"].items()})
         row.update({f"{METRIC_PREFIX}{k}": v for k, v in latest_metrics(entry).items()})
         rows.append(row)
     return rows
@@ -83,17 +89,21 @@ def write_part(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     import pyarrow.parquet as pq
 
     metric_names = sorted({k for row in rows for k in row if k.startswith(METRIC_PREFIX)})
+    seed_names = sorted({k for row in rows for k in row if k.startswith((SEED_PREFIX, SEED_INDEX_PREFIX))})
     columns: dict[str, Any] = {
         "trial_id": pa.array([r["trial_id"] for r in rows], pa.string()),
         "cell_id": pa.array([r["cell_id"] for r in rows], pa.string()),
         "replicate": pa.array([r["replicate"] for r in rows], pa.int64()),
+        "order": pa.array([r.get("order", 0) for r in rows], pa.int64()),
         "state": pa.array([r["state"] for r in rows], pa.string()),
         "execution_id": pa.array([r["execution_id"] for r in rows], pa.string()),
         "attempts": pa.array([r["attempts"] for r in rows], pa.int64()),
         "started_ms": pa.array([r.get("started_ms") for r in rows], pa.int64()),
-        "trial": pa.array([r["trial"] for r in rows], pa.string()),
+        "levels": pa.array([r["levels"] for r in rows], pa.string()),
         "info": pa.array([r["info"] for r in rows], pa.string()),
     }
+    for name in seed_names:
+        columns[name] = pa.array([r.get(name) for r in rows], pa.int64())
     for name in metric_names:
         columns[name] = pa.array([r.get(name) for r in rows], pa.float64())
     path.parent.mkdir(parents=True, exist_ok=True)
