@@ -7,6 +7,7 @@ Usage errors (unknown column, bad option) exit with status 2 and a one-line mess
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +150,8 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
-        click.echo(result.summary(), nl=False)
+        # the terminal's width ($COLUMNS, else the terminal, else 110 when piped): tables split, names never cut
+        click.echo(result.summary(width=shutil.get_terminal_size((110, 24)).columns), nl=False)
 
 
 @click.command("report")
