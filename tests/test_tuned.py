@@ -1,57 +1,23 @@
-"""The tuned workload picks the best grid value with the trial's own seeds."""
+"""Tuned studies end to end: plan -> search on Ray Tune -> reruns -> records -> analysis; resume; refusals."""
 
 from __future__ import annotations
 
-from orchestrator import Factor, Study, TrialState, Variant, make_plan
-from orchestrator.execution.worker import execute_trial
+import collections
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
+import pytest
 
-def trials(**params):
-    study = Study(
-        name="tuned", workload="tuned", factors=[Factor("grid", ["narrow", "wide"])],
-        params={"base_workload": "synthetic", "tune": "base", "select_by": "response",
-                "grids": {"narrow": [5.0], "wide": [3.0, 1.0, 2.0]}, "noise": {"init": 0.5}, **params},
-        metrics=["response"], variants={"smoke": Variant(), "full": Variant()}, run_order="standard",
-    )
-    return make_plan(study.with_variant("full")).trials
-
-
-def test_the_wide_grid_finds_the_better_value_and_reports_it():
-    narrow, wide = (execute_trial(t) for t in trials())
-    assert narrow.state is TrialState.FINISHED and wide.state is TrialState.FINISHED
-    assert narrow.metrics["chosen_base"] == 5.0 and narrow.metrics["grid_size"] == 1.0
-    assert wide.metrics["chosen_base"] == 1.0 and wide.metrics["grid_size"] == 3.0
-    # same seeds in every grid run: the noise is common, only the tuned value differs
-    assert wide.metrics["response"] - narrow.metrics["response"] == 1.0 - 5.0
-
-
-def test_maximizing_picks_the_largest():
-    wide = execute_trial(trials(select_goal="maximize")[1])
-    assert wide.metrics["chosen_base"] == 3.0
-
-
-def test_a_missing_grid_fails_the_trial_with_a_clear_message():
-    result = execute_trial(trials(grids={"narrow": [1.0]})[1])
-    assert result.state is TrialState.FAILED
-    assert "no grid 'wide' for optimizer None: grids has ['narrow']" in result.error
-
+from orchestrator import load_study, make_plan
+from orchestrator.errors import StudyError
+from orchestrator.execution import run_study
+from orchestrator.records import Records, open_store
 
 # -- tuned studies end to end: plan -> search on Ray Tune -> reruns -> records -> analysis ----------------------------
-
-import collections  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-import time  # noqa: E402
-
-import pytest  # noqa: E402
-
-from orchestrator import load_study, make_plan  # noqa: E402
-from orchestrator.errors import StudyError  # noqa: E402
-from orchestrator.execution import run_study  # noqa: E402
-from orchestrator.records import Records, open_store  # noqa: E402
 
 TUNED_STUDY = '''
 from orchestrator import Factor, Study, Variant
@@ -59,7 +25,7 @@ from orchestrator.tuning import Budget, LogUniform, PerLevel, Tuning, Uniform
 
 study = Study(
     name={name!r},
-    workload="orchestrator.workloads.tuned:landscape",
+    workload="landscape",
     factors=[Factor("optimizer", ["sgd", "momentum"]), Factor("budget", {budgets!r})],
     params={{"optimum_by": "optimizer", "optimum": {{"sgd": {{"lr": 0.1}}, "momentum": {{"lr": 0.03, "momentum": 0.9}}}},
             "floor": {{"sgd": 0.3, "momentum": 0.2}}, "noise": 0.05, "epochs": 2, "duration_s": {duration!r}}},

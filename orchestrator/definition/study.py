@@ -293,6 +293,10 @@ class TunedSettings(Protocol):
 
     def search_seed(self, study_seed: int, cell_id: str, levels: Mapping[str, Any], index: int) -> int: ...
 
+    def search_phase(self, study: Any, plan: Any, recorder: Any, to_run: Sequence[Any], **options: Any) -> Any:
+        """Select each cell's configuration for ``to_run`` (called by the runner, which cannot import the tuning layer)."""
+        ...
+
 
 class Study:
     """A validated, frozen study definition. See the module docstring for an example.

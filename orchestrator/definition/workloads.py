@@ -15,7 +15,7 @@ __all__ = ["BUILTIN_WORKLOADS", "WorkloadError", "check_reference"]
 
 BUILTIN_WORKLOADS: dict[str, str] = {
     "synthetic": "orchestrator.workloads.synthetic:synthetic",
-    "tuned": "orchestrator.workloads.tuned:tuned",
+    "landscape": "orchestrator.workloads.tuned:landscape",
     "two_layer_linear": "orchestrator.numerics.workloads:two_layer_linear",
     "digits": "orchestrator.numerics.workloads:digits",
     "teacher_student": "orchestrator.numerics.workloads:teacher_student",

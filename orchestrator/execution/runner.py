@@ -313,11 +313,9 @@ def run_study(
             planned=len(plan.trials), skipped=len(plan.trials) - len(to_run), stale_closed=recorder.stale_closed,
         )
         failed_before: list[tuple[Trial, str]] = []
-        if study.tuning is not None:  # the search phase: each cell's configuration selected on Ray Tune, then the reruns
-            from ..tuning.phase import search_phase
-
+        if study.tuning is not None:  # the search phase (orchestrator.tuning): each cell's configuration selected, then the reruns
             say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress is not False else (lambda line: None)
-            phase = search_phase(study, plan, recorder, to_run, in_process=in_process, max_concurrent=max_concurrent, log=say)
+            phase = study.tuning.search_phase(study, plan, recorder, to_run, in_process=in_process, max_concurrent=max_concurrent, log=say)
             to_run, failed_before = phase.trials, phase.failed
         _execute(executor, recorder, to_run, summary, retries=retries, max_concurrent=max_concurrent, progress=progress, resources=study.resources, failed_before=failed_before)
     finally:

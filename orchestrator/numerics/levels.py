@@ -61,7 +61,7 @@ LEVELS: dict[str, tuple[str, ...]] = {
 }
 """Factor or parameter name -> its valid levels."""
 
-LEVELLED_WORKLOADS: tuple[str, ...] = ("two_layer_linear", "digits", "teacher_student", "tuned")
+LEVELLED_WORKLOADS: tuple[str, ...] = ("two_layer_linear", "digits", "teacher_student")
 """The built-in workloads that read these levels (a study using one is checked against them)."""
 
 def check_levels(config: Mapping[str, Any]) -> list[str]:

@@ -47,7 +47,7 @@ VALIDATION_METRICS: dict[str, tuple[str, ...]] = {
     "teacher_student": (),
     "two_layer_linear": (),
     "synthetic": (),
-    "tuned": (),
+    "landscape": ("val_loss",),
     "orchestrator.workloads.tuned:landscape": ("val_loss",),
 }
 """Validation metrics each built-in workload reports (with ``validation_size`` > 0 for the numerics ones)."""
@@ -203,6 +203,16 @@ class Tuning:
         from .search import search_seed
 
         return search_seed(study_seed, cell_id, self.the_budget.configurations_for(levels), index)
+
+    def search_phase(self, study: Any, plan: Any, recorder: Any, to_run: Sequence[Any], **options: Any) -> Any:
+        """The search phase of an execution (:func:`orchestrator.tuning.phase.search_phase`).
+
+        The runner (a lower layer) reaches the tuning layer through this method of the
+        study's own tuning object, never by importing it.
+        """
+        from .phase import search_phase
+
+        return search_phase(study, plan, recorder, to_run, **options)
 
     def space_for(self, levels: Mapping[str, Any]) -> dict[str, Any]:
         """The flat space of the cell with these levels."""

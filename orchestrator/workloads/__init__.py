@@ -1,4 +1,4 @@
-"""Built-in workloads (``synthetic``, ``tuned``) and the workload registry, re-exported.
+"""Built-in workloads (``synthetic``, ``landscape``) and the workload registry, re-exported.
 
 The names and the reference syntax live in :mod:`orchestrator.definition.workloads`; a
 name is turned into its function by :func:`orchestrator.execution.worker.resolve` when a

@@ -1,81 +1,20 @@
-"""``tuned``: tune one setting over a grid inside a trial, as a tuning protocol would.
+"""``landscape``: a planted tuning landscape for tuned studies (tests, benchmarks, examples).
 
-For each value of the tuned setting (e.g. ``lr``) in the trial's grid, run the base
-workload with that value and the trial's own seeds, pick the value with the best
-``select_by`` metric, and report that run's final metrics plus the chosen value. The grid
-width (how many values a method gets to try) thus becomes a factor of the study.
-
-Parameters:
-    base_workload (str): the workload to tune (a built-in name or "package.module:function").
-    tune (str): the setting tuned over the grid. Default ``"lr"``.
-    grids (dict): ``{optimizer: {grid level: [values]}}``, or ``{grid level: [values]}``.
-    grid (str): the grid level of this trial (usually a factor, e.g. ``narrow``/``wide``).
-    select_by (str): the final metric that picks the value. Default ``"train_loss"``.
-    select_goal (str): ``minimize`` or ``maximize``. Default ``minimize``.
+Torch-free and fast: the validation and test losses are known functions of the tuned
+settings (with an optimum per level of a factor) plus seed noise, so a search's selection
+can be checked against the truth. (This module held the ``tuned`` workload, a grid walked
+inside one trial and selected on training loss; tuned studies on Ray Tune replace it:
+``Study(tuning=Tuning(...))``, see docs/studies.md, "Tuned settings".)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
-from ..errors import TrialDiverged
 from ..execution.context import TrialContext
 
-__all__ = ["landscape", "tuned"]
-
-
-def _grid(config: dict[str, Any]) -> list[Any]:
-    grids = config.get("grids")
-    level = config.get("grid")
-    if not isinstance(grids, dict) or level is None:
-        raise ValueError("the tuned workload needs params 'grids' ({optimizer: {grid: [values]}} or {grid: [values]}) and a 'grid' level")
-    optimizer = str(config.get("optimizer"))
-    per_optimizer = all(isinstance(v, dict) for v in grids.values())
-    if per_optimizer and optimizer not in grids:
-        raise ValueError(f"no grids for optimizer {optimizer!r}: grids has optimizers {sorted(grids)}; add grids[{optimizer!r}] = {{{level!r}: [...]}}")
-    table = grids[optimizer] if per_optimizer else grids
-    if str(level) not in table:
-        raise ValueError(f"no grid {level!r} for optimizer {config.get('optimizer')!r}: grids has {sorted(table)}")
-    values = list(table[str(level)])
-    if not values:
-        raise ValueError(f"grid {level!r} is empty")
-    return values
-
-
-def tuned(ctx: TrialContext) -> dict[str, float]:
-    """Tune ``tune`` over the trial's grid; see the module docstring."""
-    from . import resolve
-
-    config = ctx.config
-    base = resolve(str(config.get("base_workload", "digits")))
-    setting = str(config.get("tune", "lr"))
-    select_by = str(config.get("select_by", "train_loss"))
-    maximize = str(config.get("select_goal", "minimize")) == "maximize"
-    values = _grid(config)
-    best: tuple[float, Any, dict[str, float], dict[str, Any]] | None = None
-    for index, value in enumerate(values):
-        levels = {**dict(ctx.trial.levels), setting: value}
-        sub = TrialContext(dataclasses.replace(ctx.trial, levels=levels), sink=None, device=ctx.device)
-        try:
-            metrics = {k: float(v) for k, v in (base(sub) or {}).items()}
-        except TrialDiverged:
-            metrics = {select_by: math.nan, "diverged": 1.0}
-        score = metrics.get(select_by, math.nan)
-        ctx.log(index, **{f"grid_{select_by}": score, f"grid_{setting}": float(value)})
-        if math.isnan(score):
-            continue
-        key = -score if maximize else score
-        if best is None or key < best[0]:
-            best = (key, value, metrics, dict(sub.info))
-    if best is None:
-        raise TrialDiverged(len(values) - 1, f"every value of {setting} in the grid diverged")
-    _, value, metrics, info = best
-    for name, item in info.items():
-        ctx.record(name, item)
-    ctx.record(f"chosen_{setting}", value)
-    return {**metrics, f"chosen_{setting}": float(value), "grid_size": float(len(values))}
+__all__ = ["landscape"]
 
 
 def landscape(ctx: TrialContext) -> dict[str, float]:
