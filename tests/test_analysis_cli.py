@@ -116,3 +116,17 @@ def test_random_interaction_terms_on_the_command_line_and_den_df_in_json_and_tab
     assert [t["term"] for t in doc["model"]["random_terms"]] == ["Worker", "Worker:Machine"]
     table = CliRunner().invoke(analyze, args)
     assert table.exit_code == 0 and "den df" in table.output and "Worker:Machine" in table.output
+
+
+def test_seed_interactions_option_turns_the_default_terms_off():
+    machines = str(DATA / "machines.csv")
+    args = ["--csv", machines, "--response", "score", "--fixed", "Machine", "--random", "Worker", "--bootstrap", "0",
+            "--format", "json"]
+    default = json.loads(CliRunner().invoke(analyze, args).output)
+    assert [t["term"] for t in default["model"]["random_terms"]] == ["Worker", "Worker:Machine"]
+    off = CliRunner().invoke(analyze, args + ["--seed-interactions", "none"])
+    assert off.exit_code == 0, off.output
+    doc = json.loads(off.output)
+    assert doc["model"]["seed_interactions"] == "none" and len(doc["model"]["random_terms"]) == 1
+    bad = CliRunner().invoke(analyze, args + ["--seed-interactions", "all"])
+    assert bad.exit_code == 2 and "'all' is not one of 'none', 'main'" in bad.output

@@ -63,10 +63,12 @@ def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int | None, l
     interactions = interactions or int(defaults.get("interactions", 2))
     log = bool(defaults.get("log", False)) if log is None else log
     spread_by = spread_by or defaults.get("spread_by")
+    ctx = click.get_current_context(silent=True)
+    seed_interactions = (ctx.meta.get("seed_interactions") if ctx else None) or defaults.get("seed_interactions")
     try:
         result = run_analysis(df, choice["response"], fixed=choice["fixed"], random=choice["random"],
                               interactions=interactions, log=log, aliases=choice["aliases"], bootstrap=bootstrap,
-                              seed=seed, spread_by=spread_by)
+                              seed=seed, spread_by=spread_by, seed_interactions=seed_interactions)
     except AnalysisError as exc:
         raise click.UsageError(" ".join(str(exc).split())) from None
     result.notes[:0] = choice.get("notes") or []
@@ -105,6 +107,10 @@ def _common(fn):
                      help="Bootstrap replicates for the intervals (0: none)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
         click.option("--spread-by", default=None, help="Fixed factor within whose levels to estimate components."),
+        click.option("--seed-interactions", type=click.Choice(["none", "main"]), default=None, expose_value=False,
+                     callback=lambda ctx, _param, value: ctx.meta.__setitem__("seed_interactions", value),
+                     help="Seed-stream x fixed-factor interaction terms: main (those the design can estimate) or "
+                          "none (default: the study's analysis setting, else main)."),
         tracking_uri_option,
         click.option("--record/--no-record", default=True, show_default=True,
                      help="For a STUDY: log the numbers on the execution's MLflow run (metrics share.<term>, vc.<component>, "

@@ -226,7 +226,7 @@ _STUDY_FIELDS = (
     "analysis",
     "tuning",
 )
-_ANALYSIS_KEYS = ("metric", "log", "spread_by", "interactions", "ranking")
+_ANALYSIS_KEYS = ("metric", "log", "spread_by", "interactions", "ranking", "seed_interactions")
 
 
 class RunOrder(enum.StrEnum):
