@@ -352,7 +352,16 @@ def main() -> None:
     os.environ["ORCHESTRATOR_JOURNAL_DIR"] = str(folder / "journal")
     wanted = [] if args.skip_paths else (args.only or PATHS)
     if wanted:
-        ray.init(num_cpus=args.cores, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        for attempt in range(3):  # Ray gives its raylet 30 s to register; a loaded shared machine can take longer
+            try:
+                ray.init(num_cpus=args.cores, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+                break
+            except Exception:  # noqa: BLE001
+                if ray.is_initialized():
+                    ray.shutdown()
+                if attempt == 2:
+                    raise
+                time.sleep(5)
         ray.get([ray.remote(lambda: None).remote() for _ in range(args.cores * 2)])  # warm the worker pool
     ideal = args.trials * args.duration / args.cores
     rows: list[dict[str, Any]] = []
