@@ -262,8 +262,9 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Any:
     errors: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read_lines, args=(process.stderr, errors), daemon=True).start()
     browser = None
+    base = ""
     try:
-        report = runner.invoke(main, ["report", str(study), "--variant", "smoke", "--tracking-uri", uri, "--bootstrap", "20",
+        report = runner.invoke(main, ["report", str(study), "--variant", "smoke", "--tracking-uri", uri, "--bootstrap", "0",
                                       "--out", str(folder / "report")])
         assert report.exit_code == 0, report.output
         try:
@@ -293,6 +294,9 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Any:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+    if base:
+        with pytest.raises(OSError):  # the server went with it
+            urllib.request.urlopen(base + "/health", timeout=5)
 
 
 def trial_name(row: Any) -> str:
