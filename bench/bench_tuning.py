@@ -71,7 +71,14 @@ def main() -> None:
     import ray
 
     cores = 2
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    for attempt in range(3):  # a busy shared machine can miss Ray's 30 s raylet start window
+        try:
+            ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            break
+        except Exception:  # noqa: BLE001
+            if attempt == 2:
+                raise
+            ray.shutdown()
     rows = []
     try:
         for name in args.only or list(SCENARIOS):

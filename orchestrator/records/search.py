@@ -19,7 +19,7 @@ of the lineage back and does not redo them.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import tags as T
 from .store import BATCH_KEYS, BATCH_METRICS, TAG_MAX, TrackingStore, chunks, clip, metric_entities, now_ms, param_entities

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from ..errors import OrchestratorError
 from .search import SEARCH_STREAM, ConfigurationOutcome, Search, SearchFailed, Selection, plan_searches, select

@@ -25,12 +25,12 @@ experiment gets the concurrency, the shared actor pool and a single result loop 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,8 +44,8 @@ _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_TRAIN_V2_ENABLED": "0",
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the search phase owns Ctrl-C: it stops the experiment through the stop event  # a failed configuration reports its error, not the metric
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # a failed configuration reports its error, not the metric
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the search phase owns Ctrl-C: it stops the experiment through the stop event
 }
 
 
@@ -156,9 +156,14 @@ def run_searches(
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
+    # Tune's end-of-run summary reads per-trial result files, which its loggers (off) would have written
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         tuner.fit()
     finally:
+        quiet.setLevel(level)
         if storage is None:
             shutil.rmtree(folder, ignore_errors=True)
     return runs
