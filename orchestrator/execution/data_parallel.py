@@ -221,7 +221,8 @@ def run_data_parallel_trial(
             return _failed(trial, attempt, f"data-parallel trial: Ray Train finished without rank 0's result ({result.error!r})", started_ms)
         with result.checkpoint.as_directory() as folder:
             with open(os.path.join(folder, _PAYLOAD)) as f:
-                return json.load(f)
+                payload: dict[str, Any] = json.load(f)
+                return payload
     except Exception as exc:  # noqa: BLE001 - a failed trial is a recorded outcome
         return _failed(trial, attempt, f"data-parallel trial with {world} workers failed in Ray Train: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", started_ms)
     finally:
