@@ -54,6 +54,10 @@ def experiment_url(base: str, experiment_id: str | None) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType={WORKFLOW_TRAINING}"
 
 
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Asks 127.0.0.1 directly, whatever proxy the environment names."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,9 +147,9 @@ class UiServer:
                 raise UiError(f"the MLflow UI exited with status {code} before it served {self.base}; its log ({self.log_path}) ends:\n"
                               f"{self._log_tail()}")
             try:
-                with urllib.request.urlopen(self.base + "/health", timeout=5) as health:
+                with _LOCAL.open(self.base + "/health", timeout=5) as health:
                     health.read()
-                with urllib.request.urlopen(self.base + "/", timeout=10) as page:
+                with _LOCAL.open(self.base + "/", timeout=10) as page:
                     if page.status == 200 and b"<html" in page.read(4096).lower():
                         return time.monotonic() - start
             except (urllib.error.URLError, OSError):
@@ -164,7 +168,7 @@ class UiServer:
         """
         query = urllib.parse.urlencode({"experiment_name": name})
         try:
-            with urllib.request.urlopen(f"{self.base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=30) as response:
+            with _LOCAL.open(f"{self.base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=30) as response:
                 return str(json.load(response)["experiment"]["experiment_id"])
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
