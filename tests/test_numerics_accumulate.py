@@ -145,3 +145,16 @@ def test_determinism_level_is_recorded_and_not_applicable_on_cpu():
     assert wrong.state is TrialState.FAILED and 'Did you mean "deterministic"?' in wrong.error
     clash = execute_trial(make_trial(determinism="default", deterministic=True, steps=2))
     assert clash.state is TrialState.FAILED and "the two settings name one switch" in clash.error
+
+
+def test_the_new_levels_are_in_the_one_vocabulary_and_the_study_validator_uses_it():
+    from orchestrator.definition.study import Factor, Study, StudyError
+    from orchestrator.numerics.levels import LEVELS
+
+    assert LEVELS["accumulate"] == ("working", "fp32", "fp64")
+    assert LEVELS["determinism"] == ("deterministic", "default")
+    assert LEVELS["allreduce"] == ("backend", "sequential", "pairwise", "nccl_ring", "nccl_tree")
+    with pytest.raises(StudyError, match=r'accumulate.*\'fp23\'.*Did you mean "fp32"') as caught:
+        Study(name="bad_levels", workload="teacher_student", factors=[Factor("accumulate", ["working", "fp23"]), Factor("determinism", ["default", "determinstic"])],
+              metrics={"test_loss": "minimize"})
+    assert 'Did you mean "deterministic"' in str(caught.value)
