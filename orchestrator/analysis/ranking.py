@@ -77,8 +77,10 @@ class RankingStability:
         """The pairs as a markdown table (what the report shows)."""
         columns = [*self.by, "a", "b", "mean_a", "mean_b", "p_single", "p_mean"]
         lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+        from ..formatting import fmt_number
+
         for row in self.pairs[columns].itertuples(index=False):
-            cells = [f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in row]
+            cells = [fmt_number(v, digits) for v in row]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

@@ -202,6 +202,19 @@ def write_page(
                   [[c["component"], c.get("variance"), c.get("sd"), c.get("ci"), c.get("boundary")] for c in components]), ""]
     names = study.factor_names
     lines += [f"### Cells: `{metric}`", "", _table([*names, "finished", "diverged", "mean", "sd", "min", "max"], cell_table(df, names, metric, levels={f.name: f.all_levels for f in study.factors})), ""]
+    from ..analysis.ranking import study_ranking
+
+    ranked = study_ranking(study, df, metric, str(assets))  # analysis={"ranking": factor}: a table and rank against budget
+    if ranked is not None:
+        ranking, rank_plots = ranked
+        lines += [
+            f"### Ranking of `{ranking.factor}` under resampling of seeds", "",
+            f"`p_single`: a run of `a` beats a run of `b` (all pairs of search x rerun seeds); `p_mean`: `a`'s mean beats `b`'s "
+            f"when search seeds, then rerun seeds within them, are redrawn ({ranking.replicates} bootstrap replicates); "
+            f"{'lower' if ranking.goal == 'minimize' else 'higher'} `{metric}` is better.", "",
+            ranking.markdown(), "",
+        ]
+        lines += [f"![ranking]({study.name}/{Path(p).name})" for p in rank_plots] + [""]
     lines += ["### Plots", ""]
     for key, path in paths.items():
         if key in ("markdown", "html"):
