@@ -131,6 +131,7 @@ class MlflowServer:
                     break
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
                     raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
                 time.sleep(0.5)
 
@@ -352,14 +353,14 @@ def main() -> None:
     os.environ["ORCHESTRATOR_JOURNAL_DIR"] = str(folder / "journal")
     wanted = [] if args.skip_paths else (args.only or PATHS)
     if wanted:
-        for attempt in range(3):  # Ray gives its raylet 30 s to register; a loaded shared machine can take longer
+        for attempt in range(10):  # Ray gives its raylet 30 s to register; a loaded shared machine can take longer
             try:
                 ray.init(num_cpus=args.cores, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
                 break
             except Exception:  # noqa: BLE001
                 if ray.is_initialized():
                     ray.shutdown()
-                if attempt == 2:
+                if attempt == 9:
                     raise
                 time.sleep(5)
         ray.get([ray.remote(lambda: None).remote() for _ in range(args.cores * 2)])  # warm the worker pool
@@ -405,6 +406,7 @@ def main() -> None:
                 stops.insert(0, server.stop)
             except Exception as exc:  # noqa: BLE001
                 rows.append({"path": f"orch-server-{backend}", "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                print(json.dumps(rows[-1]), flush=True)
                 continue
             if f"orch-server-{backend}" in wanted:
                 record(f"orch-server-{backend}", lambda: orchestrated(make_study(f"server_{backend}_{time.time_ns()}", n, args.duration, args.points), server.url), n)
