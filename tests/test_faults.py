@@ -117,7 +117,18 @@ class RayCluster:
     def _start(self, args: list[str], log: str) -> subprocess.Popen:
         common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats"]
         out = open(self.root / log, "w")
-        return subprocess.Popen([RAY, "start", *args, *common, *self._ports()], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([RAY, "start", *args, *common, *self._ports()], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=self._priority if self.boost else None)
+
+    boost = False
+    """After a start that missed Ray's deadline: start the nodes at a higher priority (where allowed)."""
+
+    @staticmethod
+    def _priority() -> None:
+        try:
+            os.nice(-5)
+        except OSError:
+            pass
 
     def start(self, workers: int = 1, tries: int = 5) -> None:
         """Start the head, then ``workers`` worker nodes; on a busy machine a node may miss
@@ -129,6 +140,7 @@ class RayCluster:
             except AssertionError:
                 self.stop()
                 self.workers.clear()
+                self.boost = True
                 if attempt == tries:
                     raise
 
@@ -455,6 +467,8 @@ def test_a_failure_of_the_cluster_in_the_driver_loop_is_a_recorded_stop_not_a_cr
 # -- the campaign -------------------------------------------------------------------------------
 
 LONG = {"duration_s": 1.2, "sleep": True, "metric_points": 6}
+STARTUP_S = 300
+"""How long a driver may take to reach its first trial (seconds on an idle machine; minutes on a loaded one)."""
 
 
 @pytest.mark.slow
@@ -466,7 +480,7 @@ def test_a_lost_worker_node_is_a_retried_trial_not_a_driver_crash(cluster, serve
     worker = cluster.raylets()[cluster.workers[0]]
     proc = driver(cluster, server, path)
     try:
-        wait_for(lambda: cluster.tasks_on(worker), 90, "a trial running on the worker node")
+        wait_for(lambda: cluster.tasks_on(worker), STARTUP_S, "a trial running on the worker node")
         kill(descendants({worker}))  # the whole node: its raylet and every process of it
     finally:
         output = finish(proc)
@@ -490,7 +504,7 @@ def test_killed_worker_processes_of_the_head_are_retried_and_the_relay_comes_bac
     proc = driver(cluster, server, path)
     killed: list[int] = []
     try:
-        wait_for(lambda: cluster.tasks_on(head), 90, "a trial running on the head node")
+        wait_for(lambda: cluster.tasks_on(head), STARTUP_S, "a trial running on the head node")
         time.sleep(1.2)  # past the first live batch
         # every worker process of the head: trials and the live-metric relay (not the node's agents)
         victims = [pid for pid in cluster.tasks_on(head, "ray::") if "Agent" not in _cmdline(pid)[0]]
@@ -511,9 +525,9 @@ def test_the_mlflow_server_stopped_briefly_loses_no_record(cluster, server, writ
 
     path = write_study("server_stopped", {"A": list(range(6))}, LONG)
     study = load_study(path, "full")
-    proc = driver(cluster, server, path)
+    proc = driver(cluster, server, path, ORCHESTRATOR_RECORD_RETRY_S="600")  # however long the restart takes here
     try:
-        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), 120, "a first finished trial")
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), STARTUP_S, "a first finished trial")
         server.stop()
         time.sleep(3)
         server.start()
@@ -529,12 +543,12 @@ def test_the_mlflow_server_stopped_briefly_loses_no_record(cluster, server, writ
 def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_stale(cluster, server, write_study):
     from orchestrator import load_study
 
-    path = write_study("second_driver", {"A": list(range(8))}, LONG)
+    path = write_study("second_driver", {"A": list(range(16))}, LONG)  # long enough to be running when the second starts
     study = load_study(path, "full")
-    lease = {"ORCHESTRATOR_LEASE_TTL_S": "6"}
+    lease = {"ORCHESTRATOR_LEASE_TTL_S": "15"}  # short, yet safe from a renewal slowed by a busy machine
     first = driver(cluster, server, path, **lease)
     try:
-        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), 120, "a first finished trial")
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), STARTUP_S, "a first finished trial")
         second = driver(cluster, server, path, **lease)
         refused = finish(second)
         assert second.returncode == 2, refused[-3000:]
@@ -542,7 +556,7 @@ def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_st
         assert_one_line(refused)
 
         first.send_signal(signal.SIGSTOP)  # frozen: alive, but its lease goes stale
-        time.sleep(7)
+        time.sleep(16)
         third = driver(cluster, server, path, **lease)
         took_over = finish(third, timeout=180)
         first.send_signal(signal.SIGCONT)
