@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, at the tested version: the CPU wheel where one lies on disk, never a newer
 	# CUDA build by accident (constraints.txt says torch==2.13.0, which 2.13.0+cpu satisfies)
 	$(PY) -m pip install --quiet -c constraints.txt torch
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,postgres]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""Print the exact tested versions of the project's dependency closure (with the dev extra).
+"""Print the exact tested versions of the project's dependency closure (with the dev and postgres extras).
 
 `make constraints` writes them to constraints.txt from the venv: `pip freeze` filtered to the
 packages numerics-orchestrator needs, directly or through its dependencies. `make install` and
@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 seen: dict[str, set[str]] = {}
-todo = [("numerics-orchestrator", {"dev"})]
+todo = [("numerics-orchestrator", {"dev", "postgres"})]
 while todo:
     name, extras = todo.pop()
     key = canonicalize_name(name)
