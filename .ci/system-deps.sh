@@ -3,8 +3,8 @@
 # Needs root (CI runs as root); elsewhere it says what it would install and carries on.
 set -uo pipefail
 need=()
-command -v Rscript >/dev/null 2>&1 && Rscript -e 'suppressMessages(library(lmerTest))' >/dev/null 2>&1 \
-  || need+=(r-base-core r-cran-lme4 r-cran-lmertest)
+command -v Rscript >/dev/null 2>&1 && Rscript -e 'suppressMessages({library(lmerTest); library(jsonlite)})' >/dev/null 2>&1 \
+  || need+=(r-base-core r-cran-lme4 r-cran-lmertest r-cran-jsonlite)
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
