@@ -34,6 +34,54 @@ def _results(seed: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def test_analyze_at_80_columns_shows_every_term_name_whole(tmp_path):
+    path = tmp_path / "results.csv"
+    _results().to_csv(path, index=False)
+    args = ["analyze", "--csv", str(path), "--response", "response", "--fixed", ",".join(LONG), "--random", "seed_init",
+            "--bootstrap", "0"]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80][:3]
+    assert "…" not in result.output
+    terms = ["reduction_order:precision", "reduction_order:regime", "precision:regime", "reduction_order", "seed_init"]
+    for term in terms:
+        # whole, on one line, in the ANOVA and in the shares table
+        assert sum(bool(re.search(rf"(^|[\s│|]){re.escape(term)}([\s│|]|$)", line)) for line in lines) >= 2, term
+
+
+def test_learning_curves_by_level_never_average_curves_of_different_lengths(tmp_path, monkeypatch):
+    """Short runs end at step 4, long ones at step 9: a level mixing them must not draw a jump at step 5."""
+    import matplotlib.axes
+
+    from orchestrator.analysis import analyze, write_report
+
+    df = _results()
+    df["trial_id"] = [f"t{i}" for i in range(len(df))]
+    curves = []
+    for _, row in df.iterrows():
+        steps, value = (5, 1.0) if row["regime"] == "short" else (10, 0.0)
+        curves += [(row["trial_id"], step, "loss", value) for step in range(steps)]
+    curves_df = pd.DataFrame(curves, columns=["trial_id", "step", "metric", "value"])
+    result = analyze(df, "response", fixed=LONG, random=["seed_init"], bootstrap=0)
+    plotted: list[tuple[object, np.ndarray]] = []
+    original = matplotlib.axes.Axes.plot
+
+    def record(self, *args, **kwargs):
+        if len(args) >= 2:
+            plotted.append((self.figure, np.asarray(args[1], dtype=float)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    paths = write_report(result, tmp_path / "report", curves=curves_df)
+    assert "curves_loss" in paths
+    drawn = [y for figure, y in plotted if any("Learning curves" in t.get_text() for t in figure.texts)]
+    # regime: one line per level; reduction_order and precision: each level split into its short and long trials
+    assert len(drawn) == 2 + 2 * 2 + 2 * 2
+    for line in drawn:
+        assert np.ptp(line) == 0, f"a curve averages trials of different lengths: {line}"
+
+
 def test_the_cells_table_of_a_write_up_is_sorted_by_the_factors():
     from orchestrator.operations.writeup import cell_table
 

@@ -35,6 +35,50 @@ def fmt_p(p: float | None) -> str:
     return "<1e-16" if p < 1e-16 else (f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}")
 
 
+def _emit(con: Any, table: Any) -> None:
+    """Print ``table`` within the console's width; the first column (a term, source, level) is never cut.
+
+    A table wider than the console is split: its columns after the first go to several
+    tables, each repeating the first column and titled ``(1/2)``, ``(2/2)``... Numbers are
+    never wrapped; a text column too wide for the line wraps at its spaces; the share bars
+    (the column without a header) are shortened to the room left, or left out.
+    """
+    from rich.table import Table
+
+    columns = table.columns
+    cells = [[str(c) for c in col.cells] for col in columns]
+    need = [max([len(str(col.header))] + [len(line) for cell in cells[i] for line in cell.splitlines()])
+            for i, col in enumerate(columns)]
+    room = con.width - 1 - (need[0] + 3)  # a column costs its content, a space each side and one rule
+    bars = [i for i, col in enumerate(columns) if i and not str(col.header) and all(set(c) <= {"#"} for c in cells[i])]
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i in range(1, len(columns)):
+        if i in bars:
+            continue
+        if groups[-1] and used + need[i] + 3 > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += need[i] + 3
+    for i in bars:  # into the first group, shortened to the room left there
+        first = sum(need[j] + 3 for j in groups[0])
+        space = min(need[i], room - first - 3)
+        if space >= 5:
+            cells[i] = ["#" * round(len(c) * space / max(need[i], 1)) for c in cells[i]]
+            need[i] = space
+            groups[0].append(i)
+    for k, group in enumerate(groups):
+        title = table.title if len(groups) == 1 or not table.title else f"{table.title} ({k + 1}/{len(groups)})"
+        part = Table(title=title, title_justify=table.title_justify)
+        for i in (0, *group):
+            fits = i == 0 or need[i] + 3 <= room
+            part.add_column(columns[i].header, justify=columns[i].justify, no_wrap=fits, min_width=need[i] if fits else None)
+        for row in range(table.row_count):
+            part.add_row(*(cells[i][row] for i in (0, *group)))
+        con.print(part)
+
+
 def summary_text(result: "AnalysisResult", width: int = 110) -> str:
     from rich.console import Console
     from rich.table import Table
@@ -55,7 +99,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
             bar = "#" * int(round(30 * (r["share"] or 0)))
             t.add_row(r["source"], r["kind"], fmt(r["variance"]), f"{100 * (r['share'] or 0):.1f}",
                       fmt_ci(r["ci"], pct=True), bar)
-        con.print(t)
+        _emit(con, t)
 
     random_terms = (result.model or {}).get("random_terms") or []
     if random_terms:
@@ -75,7 +119,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
             den_s = "-" if den is None else (str(int(round(den))) if abs(den - round(den)) < 1e-6 else f"{den:.2f}")
             t.add_row(name, str(r["df"]), den_s, fmt(r["sum_sq"]), fmt(r["mean_sq"]), fmt(r["F"]), fmt_p(r["p"]),
                       r.get("error_term") or "-", fmt(r["eta_sq"], 3), fmt(r["partial_eta_sq"], 3), fmt(r["omega_sq"], 2))
-        con.print(t)
+        _emit(con, t)
 
     if result.variance_components:
         t = Table(title=f"Variance components - {result.vc_method}", title_justify="left")
@@ -84,7 +128,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
         for r in result.variance_components:
             t.add_row(r["component"], fmt(r["variance"]), fmt(r["sd"]), fmt_ci(r["ci"]), fmt(r["mom_variance"]),
                       "boundary (estimated at 0)" if r["boundary"] else "")
-        con.print(t)
+        _emit(con, t)
 
     for s in result.spread:
         has_components = any(lv.get("components") for lv in s["levels"])
@@ -104,7 +148,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
         for lv in s["levels"]:
             t.add_row(lv["level"], str(lv["n"]), fmt(lv["residual_sd"]),
                       *[fmt(lv.get("components", {}).get(c)) for c in comps])
-        con.print(t)
+        _emit(con, t)
         if "brown_forsythe" in s:
             con.print(f"  equal spread: Brown-Forsythe p={fmt_p(s['brown_forsythe']['p'])}, "
                       f"Levene p={fmt_p(s['levene']['p'])}")
@@ -119,7 +163,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
             for i, lv in enumerate(info["levels"]):
                 t.add_row(f if i == 0 else "", lv[f], str(lv["n"]), str(lv["failed"]), str(lv["diverged"]),
                           str(lv.get("missing", 0)), f"{100 * lv['divergence_rate']:.1f}", fmt_p(p) if i == 0 else "")
-        con.print(t)
+        _emit(con, t)
 
     if result.diagnostics.get("assumptions_violated") and result.rank_based:
         t = Table(title="Rank-based alternative (assumptions look violated)", title_justify="left")
@@ -127,7 +171,7 @@ def summary_text(result: "AnalysisResult", width: int = 110) -> str:
             t.add_column(c)
         for r in result.rank_based:
             t.add_row(r["term"], r["test"], fmt(r["statistic"]), fmt_p(r["p"]))
-        con.print(t)
+        _emit(con, t)
     if result.power:
         from orchestrator.analysis.power import ReplicatePlan
 

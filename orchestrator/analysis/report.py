@@ -146,9 +146,17 @@ def _curves(result: "AnalysisResult", curves: pd.DataFrame, folder: Path) -> lis
         fig, axes = plt.subplots(1, len(prep.fixed), figsize=(3.8 * len(prep.fixed) + 1, 3.2), squeeze=False)
         for ax, f in zip(axes[0], prep.fixed):
             for lv, g in merged.groupby(f, observed=True):
-                m = g.groupby("step")["value"].agg(["mean", "std"])
-                ax.plot(m.index, m["mean"], label=f"{f}={level_label(lv)}")
-                ax.fill_between(m.index, m["mean"] - m["std"].fillna(0), m["mean"] + m["std"].fillna(0), alpha=0.2)
+                # Trials of different lengths (short and long regimes) are averaged only with trials of their
+                # own length: a mean over whichever trials reach a step would jump where the short ones end.
+                last = g.groupby("trial_id")["step"].transform("max")
+                runs = list(g.groupby(last))
+                color = None
+                for (end, h), style in zip(runs, ("-", "--", ":", "-.") * len(runs)):
+                    m = h.groupby("step")["value"].agg(["mean", "std"])
+                    label = f"{f}={level_label(lv)}" + (f" (to step {int(end)})" if len(runs) > 1 else "")
+                    color = ax.plot(m.index, m["mean"], style, color=color, label=label)[0].get_color()
+                    ax.fill_between(m.index, m["mean"] - m["std"].fillna(0), m["mean"] + m["std"].fillna(0), alpha=0.2,
+                                    color=color)
             ax.set_xlabel("step")
             ax.legend(fontsize=7)
         axes[0][0].set_ylabel(f"{metric} (mean +- SD)")
