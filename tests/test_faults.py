@@ -126,7 +126,7 @@ class RayCluster:
     @staticmethod
     def _priority() -> None:
         try:
-            os.nice(-5)
+            os.nice(-10)
         except OSError:
             pass
 
