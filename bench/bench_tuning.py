@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.tuning import Budget, LogUniform, Tuning, plan_searches  # noqa: E402
 
-SCENARIOS = {"64x2x50ms": (64, 2, 0.05), "32x2x0ms": (32, 2, 0.0)}
+SCENARIOS = {"64x2x50ms": (64, 2, 0.05), "32x2x0ms": (32, 2, 0.0), "16x2x50ms": (16, 2, 0.05)}
 LANDSCAPE = "orchestrator.workloads.tuned:landscape"
 
 
