@@ -41,15 +41,16 @@ study = Study(
 
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
-    from orchestrator.operations.findings import fmt, group_stats, share_sentence
-
-    from orchestrator.operations.findings import share
+    from orchestrator.operations.findings import fmt, group_stats, random_share, share, share_sentence
 
     out = [share_sentence(analysis, k=5)]
-    numerics = sum(share(analysis, name) or 0.0 for name in ("reduction_order", "seed_reduction", "precision"))
-    seeds = sum(share(analysis, name) or 0.0 for name in ("seed_init", "seed_data"))
-    out.append(f"Numerics (reduction order, the reduction seed and precision, main effects) account for {100 * numerics:.1f}% of "
-               f"the variance and the init/data seeds for {100 * seeds:.1f}%: "
+    # Seed streams count with their seed x factor interaction terms (every random term of the stream).
+    numerics = (sum(share(analysis, name) or 0.0 for name in ("reduction_order", "precision"))
+                + random_share(analysis, ["seed_reduction"]))
+    seeds = random_share(analysis, ["seed_init", "seed_data"])
+    out.append(f"Numerics (reduction order and precision, main effects, and the reduction seed with its interactions) "
+               f"account for {100 * numerics:.1f}% of the variance and the init/data seeds (with their interactions) for "
+               f"{100 * seeds:.1f}%: "
                + ("here the seeds matter more than the summation order." if seeds > numerics else
                   "here the numerics matter more than the seeds."))
     for _, row in group_stats(df, ["precision", "regime"], "test_accuracy").iterrows():
@@ -57,7 +58,7 @@ def findings(df, analysis):
                    f"sd {fmt(row['sd'])} across seeds and orders ({int(row['trials'])} trials).")
     for c in analysis.get("variance_components") or []:
         if c.get("component", "").startswith("seed_"):
-            out.append(f"Seed stream {c['component'][5:]}: variance component {fmt(c.get('variance'))}"
+            out.append(f"Seed term {c['component']}: variance component {fmt(c.get('variance'))}"
                        + (" (estimated at zero)" if c.get("boundary") else "") + ".")
     return out
 

@@ -15,7 +15,7 @@ from ..formatting import fmt_number
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["fmt", "finished", "group_stats", "share", "share_sentence"]
+__all__ = ["fmt", "finished", "group_stats", "share", "share_sentence", "random_share"]
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -75,3 +75,19 @@ def share(analysis: Mapping[str, Any], source: str) -> float | None:
         if row.get("source") == source:
             return row.get("share")
     return None
+
+
+def random_share(analysis: Mapping[str, Any], streams: Sequence[str]) -> float:
+    """Summed share of every random term that involves one of ``streams``.
+
+    A seed stream's variance is split between its main term (``seed_init``) and its
+    interactions with fixed factors (``seed_init:optimizer``, in the model by default since
+    the analysis added ``seed_interactions="main"``): summing only the main terms would leave
+    part of the seed's contribution out. ``streams`` are column names (``"seed_init"``).
+    """
+    wanted = set(streams)
+    total = 0.0
+    for row in analysis.get("shares") or []:
+        if row.get("kind") == "random" and row.get("share") is not None and wanted & set(str(row.get("source")).split(":")):
+            total += float(row["share"])
+    return total

@@ -122,6 +122,7 @@ def write_page(
         df, metric, fixed=[f for f in choice["fixed"] if df[f].nunique() > 1] if not df.empty else choice["fixed"],
         random=choice["random"], interactions=int(defaults.get("interactions", 2)), log=bool(defaults.get("log", False)),
         aliases=choice["aliases"], bootstrap=bootstrap, seed=0, spread_by=defaults.get("spread_by"),
+        seed_interactions=defaults.get("seed_interactions"),
     )
     data = result.to_dict()
     out_dir = Path(out_dir)
@@ -194,8 +195,9 @@ def write_page(
                   [[s["source"], s.get("kind"), s.get("variance"), s.get("share"), s.get("ci")] for s in shares]), ""]
     anova = data.get("anova") or []
     if anova:
-        lines += ["### ANOVA", "", _table(["term", "df", "sum_sq", "F", "p", "eta²", "ω²", "ω² 95% CI"],
-                  [[r["term"], r.get("df"), r.get("sum_sq"), r.get("F"), r.get("p"), r.get("eta_sq"), r.get("omega_sq"), r.get("omega_sq_ci")] for r in anova]), ""]
+        lines += ["### ANOVA", "", _table(["term", "df", "sum_sq", "F", "den df", "error term", "p", "eta²", "ω²"],
+                  [[r["term"], r.get("df"), r.get("sum_sq"), r.get("F"), r.get("den_df"), r.get("error_term"), r.get("p"),
+                    r.get("eta_sq"), r.get("omega_sq")] for r in anova]), ""]
     components = data.get("variance_components") or []
     if components:
         lines += ["### Variance components", "", _table(["component", "variance", "sd", "95% CI", "at zero (boundary)"],
