@@ -41,7 +41,7 @@ study = Study(
     analysis={"metric": "test_loss", "log": True, "ranking": "optimizer"},
     variants={
         "smoke": Variant(
-            levels={"optimizer": ["sgd", "adam"], "model": ["linear"], "budget": [2, 4]},
+            levels={"optimizer": ["sgd", "adam"], "model": ["linear"], "budget": [2, 3]},
             params={"epochs": 1, "width": 16},
             tuning={"budget": Budget(factor="budget", epochs=1), "reruns": 1, "searches": 2},
         ),
