@@ -15,13 +15,12 @@ driver killed here is taken over without waiting). A parent run from before leas
 has no lease tag: it counts as held while its driver (``driver`` tag, ``host:pid``) is a
 live process on this host, else as stale.
 
-The holder fences itself: :meth:`Lease.held` is false once three quarters of ``ttl_s``
-have passed since its last successful renewal (its own monotonic clock, counted from before
-the renewal was sent) while it was not busy trying to renew - a driver that was frozen
-(SIGSTOP, a suspended VM) stops recording finished trials before anyone else may take over,
-and records them as KILLED instead (the driver that takes over runs them). While the store
-does not answer, the lease counts as held: nobody else can take over through a store that
-is down, and the trials' records wait in the recorder's retries. When the holder sees that
+The holder fences itself: once three quarters of ``ttl_s`` have passed since its last
+successful renewal (its own monotonic clock, counted from before the renewal was sent),
+:meth:`Lease.held` asks the store before answering - so a driver that was frozen (SIGSTOP,
+a suspended VM) learns it was taken over before it records a finished trial, and records
+it as KILLED instead (the driver that took over runs it). While the store does not answer
+at all, the lease counts as held: nobody else can take over through a store that is down. When the holder sees that
 its execution was closed or its lease taken, :attr:`Lease.lost` says so and ``on_lost`` is
 called once.
 
@@ -172,7 +171,7 @@ class Lease:
         self.renewals = 0
         self._run_id: str | None = None
         self._last_ok = time.monotonic()
-        self._outage = False
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -238,11 +237,16 @@ class Lease:
         self._thread.start()
 
     def held(self) -> bool:
-        """Whether this driver may still record finished trials: not lost, and renewed recently
-        or in a store outage that began while the lease was fresh (not frozen)."""
+        """Whether this driver may still record finished trials: not lost, and renewed recently,
+        or, if not (frozen, or a slow store), the store says so now."""
         if self.lost is not None:
             return False
-        return self._outage or time.monotonic() - self._last_ok < self.ttl_s * _HOLD_MARGIN
+        if time.monotonic() - self._last_ok < self.ttl_s * _HOLD_MARGIN:
+            return True
+        # not renewed lately: this process was frozen, or the store is slow or down. Ask the store
+        # now (this waits for it): lost -> False; a store that does not answer -> held, since
+        # nobody can take over through a store that is down.
+        return self.renew() is not False
 
     def stop(self) -> None:
         """Stop renewing (the execution is ending; its parent run is closed next)."""
@@ -259,13 +263,14 @@ class Lease:
 
     def renew(self) -> bool | None:
         """Renew once: True renewed, False lost (stop renewing), None the store did not answer (try again)."""
+        with self._lock:  # the renewal thread and held() may both ask
+            return self._renew()
+
+    def _renew(self) -> bool | None:
         if self._run_id is None or self.lost is not None:
             return False
         client = self.store.client
         sent = time.monotonic()
-        # an attempt that starts while the lease is fresh keeps it held until it is answered; one that
-        # starts late (the process was frozen) does not: nothing is recorded FINISHED until it succeeds
-        self._outage = self._outage or sent - self._last_ok < self.ttl_s * _HOLD_MARGIN
         try:
             run = client.get_run(self._run_id)
             state = LeaseState.parse(run.data.tags.get(T.LEASE))
@@ -280,7 +285,6 @@ class Lease:
             client.set_tag(self._run_id, T.LEASE, self.tag())
         except Exception:  # noqa: BLE001 - a store outage: keep the last renewal, try again next time
             return None
-        self._outage = False
         self._last_ok = sent
         self.renewals += 1
         return True
