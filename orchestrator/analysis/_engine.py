@@ -353,13 +353,14 @@ class Mixed:
         self.q = len(self.z)
         self.p = len(self.x)
         self.n = engine.n
-        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def data(self, c: np.ndarray | None, yy: float | None) -> tuple[np.ndarray, float]:
         return (self.e.c[self.idx] if c is None else c), (self.e.yy if yy is None else yy)
 
-    def _active(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Active terms (theta > 0) and the positions of their columns and of X within ``idx``.
+    def _active(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Active terms (theta > 0), the positions of their columns and of X within ``idx``, and the
+        cross-product blocks on those positions (cached per active set: the bootstrap refits reuse them).
 
         A term with ``theta_k = 0`` contributes an identity block with no coupling to the rest
         of the coefficient matrix, so it is left out of the factorisation: exact, and much
@@ -371,7 +372,9 @@ class Mixed:
         if cached is None:
             zpos = [np.arange(self.offsets[j], self.offsets[j + 1]) for j in act]
             pos = np.concatenate(zpos + [np.arange(self.q, self.q + self.p)]) if len(zpos) else np.arange(self.q, self.q + self.p)
-            cached = (act, pos)
+            cached = (act, pos, self.G[np.ix_(pos, pos)], self.G[: self.q, pos[: int(self.sizes[act].sum())]])
+            if len(self._cache) >= 32:  # bounded: each entry holds a block of G (up to a few MB)
+                self._cache.clear()
             self._cache[key] = cached
         return cached
 
@@ -384,10 +387,9 @@ class Mixed:
         """
         theta = np.abs(np.asarray(theta, float))
         q, p, k = self.q, self.p, len(self.terms)
-        act, pos = self._active(theta)
+        act, pos, Ga, Gza = self._active(theta)
         sizes = self.sizes[act]
         qa = int(sizes.sum())
-        Ga = self.G[np.ix_(pos, pos)]
         ca = c[pos]
         lam = np.repeat(theta[act], sizes)
         M = np.empty((qa + p + 1, qa + p + 1))
@@ -415,6 +417,11 @@ class Mixed:
         u[pos[:qa]] = u_a
         out["beta"], out["u"] = beta, u
         if not grad:
+            # T_xx = (L_xx^-1)' L_xx^-1: the x block of the inverse of a block-triangular factor.
+            Lx, info = linalg.lapack.dtrtri(L1[qa:, qa:], lower=1)
+            if info != 0:
+                raise linalg.LinAlgError("singular mixed-model coefficient matrix")
+            out["Txx"] = Lx.T @ Lx
             return out
         Linv, info = linalg.lapack.dtrtri(L1, lower=1)
         if info != 0:
@@ -422,7 +429,7 @@ class Mixed:
         Lx = Linv[qa:, qa:]
         out["Txx"] = Lx.T @ Lx
         out["Linv"], out["pos"], out["lam"] = Linv, pos, lam
-        zr = c[:q] - self.G[:q, pos[:qa]] @ u_a - self.G[:q, q:] @ beta
+        zr = c[:q] - Gza @ u_a - self.G[:q, q:] @ beta
         tr_k, zr2 = np.zeros(k), np.zeros(k)
         if k:
             zr2 = np.add.reduceat(zr * zr, self.offsets[:-1])
@@ -544,12 +551,15 @@ class Mixed:
 
     def _snap(self, theta: np.ndarray, c: np.ndarray, yy: float) -> np.ndarray:
         """Set a component near 0 to exactly 0 when that does not raise the deviance."""
+        base = None
         for j in range(len(theta)):
             if 0 < theta[j] < 1e-2 * max(1.0, float(np.max(theta))):
                 t0 = theta.copy()
                 t0[j] = 0.0
-                if self.deviance(t0, c, yy) <= self.deviance(theta, c, yy) + 1e-10:
-                    theta = t0
+                base = self.deviance(theta, c, yy) if base is None else base
+                d0 = self.deviance(t0, c, yy)
+                if d0 <= base + 1e-10:
+                    theta, base = t0, d0
         return theta
 
     def fit(self, c: np.ndarray | None = None, yy: float | None = None, start: np.ndarray | None = None,

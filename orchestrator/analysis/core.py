@@ -619,7 +619,7 @@ def _bootstrap(eng: Engine, mixed: Mixed, reml_terms: list[Term], beta: np.ndarr
         cr, yr = c[mixed.idx, r], float(yy[r])
         try:
             v, s2r, br, th = mixed.fit(cr, yr, start=start, quick=True, scale=scale)
-            Txx = mixed.evaluate(th, cr, yr)["Txx"]
+            Txx = mixed.evaluate(th, cr, yr, grad=False)["Txx"]
         except Exception:  # a refit that fails is counted and reported, never silently used
             out["failed"] += 1
             continue
