@@ -543,7 +543,7 @@ def test_the_mlflow_server_stopped_briefly_loses_no_record(cluster, server, writ
 def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_stale(cluster, server, write_study):
     from orchestrator import load_study
 
-    path = write_study("second_driver", {"A": list(range(16))}, LONG)  # long enough to be running when the second starts
+    path = write_study("second_driver", {"A": list(range(16))}, {**LONG, "duration_s": 3.0})  # still running when the second driver has started
     study = load_study(path, "full")
     lease = {"ORCHESTRATOR_LEASE_TTL_S": "15"}  # short, yet safe from a renewal slowed by a busy machine
     first = driver(cluster, server, path, **lease)
