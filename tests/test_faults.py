@@ -558,7 +558,7 @@ def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_st
         first.send_signal(signal.SIGSTOP)  # frozen: alive, but its lease goes stale
         time.sleep(16)
         third = driver(cluster, server, path, **lease)
-        took_over = finish(third, timeout=180)
+        took_over = finish(third, timeout=400)  # the frozen driver's queued trials still hold the CPUs first
         first.send_signal(signal.SIGCONT)
         stopped = finish(first)
     finally:
