@@ -28,8 +28,24 @@ def test_the_additive_model_is_anti_conservative_where_seeds_interact():
 
 @pytest.mark.slow
 def test_intervals_of_components_and_shares_cover():
-    res = coverage(sims=20, bootstrap=50, seed=3, seeds=12)
+    # Only the intervals whose coverage was measured to hold are shown (20+ seeds; not the
+    # seed x factor term, not fixed shares: those under-covered, 0.83-0.91, and are withheld).
+    res = coverage(sims=20, bootstrap=50, seed=3, seeds=20)
     cov = res["coverage"]
-    assert set(cov) == {"variance seed", "variance seed:A", "variance Residual", "share A", "share seed",
-                        "share seed:A", "share Residual"}
+    assert set(cov) == {"variance seed", "variance Residual", "share seed", "share Residual"}
     assert all(0.8 <= v <= 1.0 for v in cov.values()), cov
+
+
+def test_intervals_that_under_cover_are_withheld_and_said_so():
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator.analysis.core import analyze
+
+    rng = np.random.default_rng(0)
+    rows = [(a, s, a * 0.3 + rng.normal() + rng.normal(0, 0.5)) for a in range(3) for s in range(12) for _ in range(2)]
+    res = analyze(pd.DataFrame(rows, columns=["A", "seed", "loss"]), "loss", fixed=["A"], random=["seed"], bootstrap=30, seed=1)
+    ci = {v["component"]: v["ci"] for v in res.variance_components}
+    assert ci["seed"] is None and ci["seed:A"] is None and ci["Residual"] is not None
+    assert next(s for s in res.shares if s["source"] == "A")["ci"] is None
+    assert any("Withheld: shares of fixed terms, seed (an interaction, or fewer than 20 levels)" in n for n in res.notes), res.notes
