@@ -47,7 +47,7 @@ def _prepare(study: str | None, csv: str | None, variant: str | None, metric: st
     from orchestrator.definition.loader import load_study
     from orchestrator.operations.inputs import study_inputs
 
-    df, choice = study_inputs(load_study(study, variant), metric or response, tracking_uri)
+    df, choice = study_inputs(load_study(str(study), variant), metric or response, tracking_uri)
     if fixed is not None:
         choice["fixed"] = _names(fixed)
     if random is not None:
@@ -148,7 +148,7 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
         from orchestrator.analysis import AnalysisError
 
         try:
-            result.power = result.plan_replicates(effect_size, power=power, alpha=alpha).to_dict()
+            result.power = result.plan_replicates(float(effect_size or 0.0), power=power, alpha=alpha).to_dict()
         except AnalysisError as exc:
             raise click.UsageError(" ".join(str(exc).split())) from None
     if record:
@@ -178,7 +178,7 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
 
     df, choice = _prepare(study, csv, variant, metric, response, fixed, random_, tracking_uri)
     result = _run(df, choice, interactions, log, bootstrap, seed, spread_by)
-    name = choice["study"].name if choice["study"] is not None else Path(csv).stem
+    name = choice["study"].name if choice["study"] is not None else Path(str(csv)).stem
     folder = Path(out) if out else Path("reports") / name
     paths = write_report(result, folder, curves=choice.get("curves"), title=f"{name}: {choice['response']}")
     if choice["study"] is not None:
