@@ -90,7 +90,7 @@ class Outcome:
     retry_reasons: list[str] = field(default_factory=list)
 
 
-def _point_key(point: Any) -> tuple:
+def _point_key(point: Any) -> tuple[Any, ...]:
     step, values, timestamp = point
     return (int(step), int(timestamp), tuple(sorted(values)))
 
@@ -122,7 +122,7 @@ class Executor(abc.ABC):
         self.error: str | None = None
         """Why the execution stopped early because of the cluster (a :class:`ClusterError`), else ``None``."""
         self._in_flight: dict[str, tuple[Trial, int]] = {}
-        self._live_keys: dict[str, set[tuple]] = {}
+        self._live_keys: dict[str, set[tuple[Any, ...]]] = {}
         self._killed: dict[str, int] = {}
 
     @property

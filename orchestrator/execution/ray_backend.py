@@ -257,7 +257,7 @@ class RayRunner:
                 ready += more
         except Exception as exc:  # noqa: BLE001 - the driver lost Ray itself
             raise ClusterError(f"the driver lost the Ray cluster while waiting for trials ({_first_line(exc)}); run again to resume.") from None
-        out = []
+        out: list[tuple[Any, dict[str, Any] | None, Loss | None, str | None, str | None]] = []
         for ref in ready:
             try:
                 out.append((ref, ray.get(ref), None, None, None))
@@ -280,7 +280,7 @@ class RayRunner:
         A relay that is gone for good is replaced (what it held comes back with the results).
         """
         ray = self._ray
-        items: list = []
+        items: list[Any] = []
         if self._drain_ref is not None:
             try:
                 ready, _ = ray.wait([self._drain_ref], timeout=0)
@@ -312,7 +312,7 @@ class RayRunner:
     def final_metrics(self, wait_s: float = 2.0) -> list[tuple[str, int, Batch]]:
         """Everything still in the relay (at the end of an execution)."""
         ray = self._ray
-        items: list = []
+        items: list[Any] = []
         if self._drain_ref is not None:
             try:
                 items += ray.get(self._drain_ref, timeout=wait_s)
