@@ -18,6 +18,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
+# Every `mlflow server` a test starts inherits these: no background job runner (seven huey
+# consumers per server that the tests never use), and single-threaded BLAS, since the
+# suite's Ray workers and servers already share the machine's few cores.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def ray_session():
