@@ -20,6 +20,7 @@ call of the driver that fails for any other reason becomes a
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -103,6 +104,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> RayCo
                 "leave --address out to start an embedded Ray. Against a head with token authentication, set RAY_AUTH_MODE=token."
             ) from None
         return RayConnection(address=address, started=True)
+    # The embedded Ray keeps Ray's default (token authentication on, on 127.0.0.1); Ray's
+    # warning about that default gives the user nothing to act on, so it is not shown.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)  # never a stray local cluster
     return RayConnection(address=None, started=True)
 
