@@ -555,21 +555,21 @@ def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_st
         assert "is being executed by another driver" in refused and "lease renewed" in refused
         assert_one_line(refused)
 
-        first.send_signal(signal.SIGSTOP)  # frozen: alive, but its lease goes stale
+        # The first driver dies without a word (a host lost, kill -9): its lease goes stale. (A
+        # frozen, SIGSTOPped driver is not used here: the trials it had queued wait on it and keep
+        # the cluster's CPUs; the holder that wakes up and stops is tested on a real store above.)
+        first.kill()
+        first.wait(timeout=60)
         time.sleep(16)
         third = driver(cluster, server, path, **lease)
-        took_over = finish(third, timeout=400)  # the frozen driver's queued trials still hold the CPUs first
-        first.send_signal(signal.SIGCONT)
-        stopped = finish(first)
+        took_over = finish(third, timeout=400)
     finally:
         if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
             first.kill()
     assert third.returncode == 0, took_over[-3000:]
-    assert "left RUNNING by an earlier driver as KILLED" in took_over
-    assert first.returncode == 1 and "another driver took over this execution" in stopped, stopped[-3000:]
-    assert_one_line(stopped)
+    assert "already done" in took_over  # resumed: the dead driver's finished trials are not run again
     assert_nothing_lost(server, study, LONG["metric_points"])
     executions = execution_runs(server, study.name)
     assert [r.info.status for r in executions] == ["KILLED", "FINISHED"]
-    assert executions[0].data.tags["orchestrator.closed_by"].startswith("stale: its lease")
+    # closed by the lease check (stale) or by the journal's replay of the dead driver's records
+    assert executions[0].data.tags["orchestrator.closed_by"].startswith(("stale: its lease", "orchestrator sync"))
