@@ -82,7 +82,8 @@ def _complete(run: "Run", entry: dict[str, Any]) -> bool:
 
 def sync_study(store: TrackingStore, study: str, *, retry_budget_s: float = 10.0, writers: int | None = None) -> SyncReport:
     """Replay every pending journal of ``study`` recorded in ``store`` (see the module doc)."""
-    from .trialruns import _driver_alive, default_writers, find_trial_runs, write_trial_run
+    from .lease import _legacy_driver_alive as _driver_alive
+    from .trialruns import default_writers, find_trial_runs, write_trial_run
 
     report = SyncReport()
     for path in pending_journals(store.uri, study):
