@@ -109,6 +109,19 @@ def test_search_reruns_records_and_ranking_end_to_end(tmp_path, ray_session, tra
     assert set(df["seed_index_search"]) == {0, 1} and df["test_loss"].notna().all()
     ranking = ranking_stability(df, "optimizer", "test_loss", by=["budget"], replicates=200)
     assert len(ranking.pairs) == 2 and ranking.pairs["p_mean"].between(0, 1).all()
+    # the report shows the ranking the study asks for: its table and the plot of rank against budget
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["report", str(tuned_study_file(tmp_path, "tuned_e2e")), "--variant", "full",
+                                    "--tracking-uri", tracking_uri, "--bootstrap", "0", "--no-record", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = (out / "report.md").read_text()
+    assert "## Ranking of optimizer under resampling of seeds" in text and "| budget | a | b | mean_a | mean_b | p_single | p_mean |" in text
+    assert "![ranking_optimizer](ranking_optimizer.png)" in text and (out / "ranking_optimizer.png").stat().st_size > 1000
+    assert "Ranking of optimizer under resampling of seeds" in (out / "report.html").read_text()
     # resume: nothing left to do, no search redone
     again = run_study(study, tracking_uri=tracking_uri, progress=False)
     assert again.skipped == 16 and again.ran == 0

@@ -73,15 +73,30 @@ class RankingStability:
             "ranks": self.ranks.to_dict(orient="records"),
         }
 
-    def markdown(self, digits: int = 3) -> str:
-        """The pairs as a markdown table (what the report shows)."""
-        columns = [*self.by, "a", "b", "mean_a", "mean_b", "p_single", "p_mean"]
-        lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    @property
+    def title(self) -> str:
+        """The heading a report gives this ranking."""
+        return f"Ranking of {self.factor} under resampling of seeds"
+
+    def explanation(self) -> str:
+        """What ``p_single`` and ``p_mean`` mean here (one paragraph, shared by the report and the write-up)."""
+        better = "lower" if self.goal == "minimize" else "higher"
+        return (f"p_single: a run of a beats a run of b (all pairs of search x rerun seeds); p_mean: a's mean beats b's "
+                f"when search seeds, then rerun seeds within them, are redrawn ({self.replicates} bootstrap replicates); "
+                f"{better} {self.metric} is better.")
+
+    def rows(self, digits: int = 3) -> tuple[list[str], list[list[str]]]:
+        """The pairs table as (header, formatted rows)."""
         from ..formatting import fmt_number
 
-        for row in self.pairs[columns].itertuples(index=False):
-            cells = [fmt_number(v, digits) for v in row]
-            lines.append("| " + " | ".join(cells) + " |")
+        columns = [*self.by, "a", "b", "mean_a", "mean_b", "p_single", "p_mean"]
+        return columns, [[fmt_number(v, digits) for v in row] for row in self.pairs[columns].itertuples(index=False)]
+
+    def markdown(self, digits: int = 3) -> str:
+        """The pairs as a markdown table (what the report shows)."""
+        columns, rows = self.rows(digits)
+        lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         return "\n".join(lines)
 
 

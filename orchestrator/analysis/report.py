@@ -17,6 +17,7 @@ from orchestrator.analysis.render import fmt, fmt_ci, fmt_p
 
 if TYPE_CHECKING:
     from orchestrator.analysis.core import AnalysisResult
+    from orchestrator.analysis.ranking import RankingStability
 
 __all__ = ["write_report"]
 
@@ -224,7 +225,7 @@ def _sections(result: "AnalysisResult") -> list[tuple[str, list[str], list[list[
 
 
 def write_report(result: "AnalysisResult", folder: str | Path, curves: pd.DataFrame | None = None,
-                 title: str | None = None) -> dict[str, Path]:
+                 title: str | None = None, ranking: "tuple[RankingStability, list[str]] | None" = None) -> dict[str, Path]:
     """Write ``report.md``, a self-contained ``report.html`` (images as base64) and the PNGs.
 
     Args:
@@ -232,6 +233,9 @@ def write_report(result: "AnalysisResult", folder: str | Path, curves: pd.DataFr
         folder: created if missing.
         curves: optional learning curves, long format ``trial_id, step, metric, value``.
         title: report title (default: the response name).
+        ranking: a ranking of a factor's levels under resampling of seeds and its plots (rank
+            against budget), from :func:`~orchestrator.analysis.ranking.study_ranking`: shown as
+            a section with its table, and its plots among the images.
 
     Returns:
         Paths by name: ``markdown``, ``html`` and one per plot.
@@ -253,6 +257,12 @@ def write_report(result: "AnalysisResult", folder: str | Path, curves: pd.DataFr
     title = title or f"Analysis of {_label(result)}"
     intro = f"{result.n} analysed trial(s) of {result.n_total}."
     sections = _sections(result)
+    if ranking is not None:
+        ranked, plots = ranking
+        header, rows = ranked.rows()
+        sections.insert(0, (ranked.title, header, rows, [ranked.explanation()]))
+        for plot in plots:
+            images[Path(plot).stem] = Path(plot)
 
     md = [f"# {title}", "", intro, ""]
     for name, path in images.items():

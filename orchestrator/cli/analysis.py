@@ -180,7 +180,17 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
     result = _run(df, choice, interactions, log, bootstrap, seed, spread_by)
     name = choice["study"].name if choice["study"] is not None else Path(str(csv)).stem
     folder = Path(out) if out else Path("reports") / name
-    paths = write_report(result, folder, curves=choice.get("curves"), title=f"{name}: {choice['response']}")
+    ranking = None
+    if choice["study"] is not None:  # the study's analysis={"ranking": factor}: a table and rank against budget
+        from orchestrator.analysis import AnalysisError
+        from orchestrator.analysis.ranking import study_ranking
+
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            ranking = study_ranking(choice["study"], df, choice["response"], str(folder))
+        except AnalysisError as exc:
+            raise click.UsageError(" ".join(str(exc).split())) from None
+    paths = write_report(result, folder, curves=choice.get("curves"), title=f"{name}: {choice['response']}", ranking=ranking)
     if choice["study"] is not None:
         choice["records"].log_artifacts(folder, artifact_path="analysis")
         click.echo("logged to the study's parent MLflow run under artifacts/analysis")

@@ -210,10 +210,8 @@ def write_page(
     if ranked is not None:
         ranking, rank_plots = ranked
         lines += [
-            f"### Ranking of `{ranking.factor}` under resampling of seeds", "",
-            f"`p_single`: a run of `a` beats a run of `b` (all pairs of search x rerun seeds); `p_mean`: `a`'s mean beats `b`'s "
-            f"when search seeds, then rerun seeds within them, are redrawn ({ranking.replicates} bootstrap replicates); "
-            f"{'lower' if ranking.goal == 'minimize' else 'higher'} `{metric}` is better.", "",
+            f"### {ranking.title}", "",
+            ranking.explanation(), "",
             ranking.markdown(), "",
         ]
         lines += [f"![ranking]({study.name}/{Path(p).name})" for p in rank_plots] + [""]
