@@ -4,7 +4,10 @@
 analyses it and writes ``docs/studies/<name>.md`` with the question, the design, the exact
 command, the result tables and plots, the machine and date, and the findings. Every number
 on the page comes from the run: the study file may define ``findings(df, analysis) ->
-list[str]``, which computes its sentences from the results table and the analysis.
+list[str]``, which computes its sentences from the results table and the analysis. A study
+file may also hold ``CHANGES: list[str]``: what changed since the previous write-up of the
+study and why (a conclusion that moved, a model or a semantics that changed), shown at the
+end of the page.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def cell_table(df: "pd.DataFrame", factors: Sequence[str], metric: str,
     return rows
 
 
-def _load_findings(path: str | None) -> Callable | None:
+def _study_module(path: str | None) -> Any:
+    """The study file as a module (for its ``findings`` and ``CHANGES``), or None."""
     if not path:
         return None
     spec = importlib.util.spec_from_file_location("_orchestrator_writeup_study", path)
@@ -81,7 +85,7 @@ def _load_findings(path: str | None) -> Callable | None:
         return None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, "findings", None)
+    return module
 
 
 def _docstring(path: str | None) -> str:
@@ -133,8 +137,10 @@ def write_page(
     (assets / "report.html").unlink(missing_ok=True)  # the page itself is the report; keep the repository small
     (assets / "results.csv").write_text(df.to_csv(index=False))
 
-    findings = _load_findings(study.source_file)
+    module = _study_module(study.source_file)
+    findings: Callable | None = getattr(module, "findings", None)
     statements = list(findings(df, data) if findings else [])
+    changes = [str(c) for c in getattr(module, "CHANGES", None) or []]
     env = meta.get("environment") or {}
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = command or f"orchestrator writeup {study.source_file} --variant {study.variant}"
@@ -225,6 +231,8 @@ def write_page(
     notes = [*(data.get("warnings") or []), *(data.get("notes") or [])]
     if notes:
         lines += ["", "Statements of the analysis:", ""] + [f"- {n}" for n in notes]
+    if changes:
+        lines += ["", "## What changed since the previous write-up", ""] + [f"- {c}" for c in changes]
     page = out_dir / f"{study.name}.md"
     page.write_text("\n".join(lines).rstrip() + "\n")
     return page
