@@ -68,23 +68,45 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks of the cluster. ``gpus`` may be a fraction below 1 to share a GPU."""
+    """What one trial asks of the cluster.
+
+    Attributes:
+        cpus: CPUs per trial (fractions allowed).
+        gpus: GPUs per trial; a fraction below 1 shares a GPU (``0.25``: four trials on one).
+        memory_mb: RAM per trial, reserved by Ray.
+        custom: custom Ray resources per trial, e.g. ``{"spot": 1}`` for a node type's label.
+        gpu_memory_gb: GB (GiB, 1024**3 bytes) that must be free on each GPU the trial gets.
+            Ray places the trial only where nodes advertise enough (the ``gpu_memory_gb``
+            resource, see ``python -m orchestrator.execution.node``) and the worker checks at
+            the trial's start that the memory is actually free; an attempt that finds less is
+            retried elsewhere (docs/execution.md, Faults).
+
+    Example:
+        >>> Resources(gpus=1, gpu_memory_gb=20).to_dict()["gpu_memory_gb"]
+        20.0
+    """
 
     cpus: float = 1.0
     gpus: float = 0.0
     memory_mb: int | None = None
     custom: Mapping[str, float] = field(default_factory=dict)
+    gpu_memory_gb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb, "custom": dict(self.custom)}
+        data = {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb, "custom": dict(self.custom)}
+        if self.gpu_memory_gb is not None:  # absent when unset: older studies keep their definition hash
+            data["gpu_memory_gb"] = float(self.gpu_memory_gb)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Resources":
+        gpu_memory = data.get("gpu_memory_gb")
         return cls(
             cpus=float(data.get("cpus", 1.0)),
             gpus=float(data.get("gpus", 0.0)),
             memory_mb=data.get("memory_mb"),
             custom=dict(data.get("custom") or {}),
+            gpu_memory_gb=float(gpu_memory) if gpu_memory is not None else None,
         )
 
 
@@ -635,10 +657,10 @@ class Study:
         if not isinstance(raw, Mapping):
             problems.append(Problem("resources", "Resources(cpus=..., gpus=...) or a mapping", _describe(raw)))
             return Resources()
-        known = ("cpus", "gpus", "memory_mb", "custom")
+        known = ("cpus", "gpus", "memory_mb", "custom", "gpu_memory_gb")
         for key in raw:
             if key not in known:
-                problems.append(Problem(f"resources.{key}", "cpus, gpus, memory_mb or custom", f"unknown key {key!r}", did_you_mean(key, known)))
+                problems.append(Problem(f"resources.{key}", "cpus, gpus, memory_mb, custom or gpu_memory_gb", f"unknown key {key!r}", did_you_mean(key, known)))
         cpus, gpus = raw.get("cpus", 1.0), raw.get("gpus", 0.0)
         if not _is_number(cpus) or cpus <= 0:
             problems.append(Problem("resources.cpus", "a number > 0 (fractions allowed)", _describe(cpus)))
@@ -652,7 +674,19 @@ class Study:
         if not isinstance(custom, Mapping) or not all(isinstance(k, str) and _is_number(v) and v >= 0 for k, v in custom.items()):
             problems.append(Problem("resources.custom", "a mapping resource name -> amount >= 0", _describe(custom)))
             custom = {}
-        return Resources(cpus=float(cpus), gpus=float(gpus), memory_mb=raw.get("memory_mb"), custom=dict(custom))
+        if "gpu_memory_gb" in custom:
+            problems.append(Problem("resources.custom", "custom resources other than gpu_memory_gb", "'gpu_memory_gb' among them",
+                                    "Ask for GPU memory with resources={'gpus': 1, 'gpu_memory_gb': 20}: the worker then also checks it is free"))
+        gpu_memory = raw.get("gpu_memory_gb")
+        if gpu_memory is not None:
+            if not _is_number(gpu_memory) or gpu_memory <= 0:
+                problems.append(Problem("resources.gpu_memory_gb", "a number of GB > 0 that must be free on each GPU of a trial", _describe(gpu_memory), "e.g. gpu_memory_gb=20"))
+                gpu_memory = None
+            elif not gpus:
+                problems.append(Problem("resources.gpu_memory_gb", "gpus > 0 beside it (GPU memory is asked of the trial's GPUs)",
+                                        f"gpu_memory_gb={gpu_memory:g} with gpus={gpus!r}", f"Add gpus, e.g. resources={{'gpus': 1, 'gpu_memory_gb': {gpu_memory:g}}}"))
+        return Resources(cpus=float(cpus), gpus=float(gpus), memory_mb=raw.get("memory_mb"), custom=dict(custom),
+                         gpu_memory_gb=float(gpu_memory) if gpu_memory is not None else None)
 
     def _design(self, raw: Any, problems: list[Problem]) -> FullFactorial | Fractional | PlackettBurman:
         if raw is None:

@@ -49,6 +49,8 @@ class Loss(str, enum.Enum):
     """The worker process died mid-trial (killed, out of memory, a crash in native code)."""
     NODE_LOST = "node lost"
     """The node running the attempt died or was preempted."""
+    GPU_MEMORY = "gpu memory"
+    """The attempt's GPU had less memory free than the trial asks for (``gpu_memory_gb``); it did not start."""
 
     @property
     def retried(self) -> bool:
@@ -59,11 +61,20 @@ class Loss(str, enum.Enum):
         """Whether this loss uses one of the trial's retries.
 
         A node loss is charged once per node: further attempts lost with a node already
-        charged (``lost_on``) are free; a node we cannot name is always charged.
+        charged (``lost_on``) are free; a node we cannot name is always charged. A GPU
+        memory refusal is the other way round: the first refusal by each node is free (a
+        busy GPU is not the trial's fault, and the retry goes to another node), a node that
+        refuses again is charged, so a trial no node can take ends after its retries.
         """
         if self is Loss.NODE_LOST and node is not None:
             return node not in lost_on
+        if self is Loss.GPU_MEMORY and node is not None:
+            return node in lost_on
         return True
+
+    def reason(self, detail: str | None) -> str:
+        """What the records keep for a retried attempt: the loss, with ``detail`` where it tells the user something to act on."""
+        return f"{self.value} ({detail})" if self is Loss.GPU_MEMORY and detail else self.value
 
 
 @dataclass
@@ -239,6 +250,7 @@ class Executor(abc.ABC):
         charged: dict[str, int] = collections.defaultdict(int)
         lost_on: dict[str, set[str]] = collections.defaultdict(set)
         reasons: dict[str, list[str]] = collections.defaultdict(list)
+        kinds: dict[str, set[str]] = collections.defaultdict(set)
         try:
             while pending or self._in_flight:
                 if stop.is_set():
@@ -263,18 +275,19 @@ class Executor(abc.ABC):
                         if outcome.node is not None:
                             lost_on[trial_id].add(outcome.node)
                         retry = loss.retried and charged[trial_id] <= max(retries, 1)
-                        reason = loss.value
+                        kind, reason = loss.value, loss.reason(outcome.crash)
                     else:
                         failed = outcome.result.state is TrialState.FAILED
                         charged[trial_id] += int(failed)
                         retry = failed and charged[trial_id] <= retries
-                        reason = "failed"
+                        kind = reason = "failed"
                     if retry and not stop.is_set():
                         if outcome.result is None:
                             self._live_keys.pop(trial_id, None)  # the next attempt starts a fresh curve
                             self.on_lost(trial, attempt, reason)
-                        if reason not in reasons[trial_id]:
-                            self.retried[reason] += 1
+                        if kind not in kinds[trial_id]:
+                            self.retried[kind] += 1
+                            kinds[trial_id].add(kind)
                         reasons[trial_id].append(reason)
                         self.retries_used += 1
                         self._in_flight[trial_id] = (trial, attempt + 1)
@@ -293,6 +306,7 @@ class Executor(abc.ABC):
                         )
                     outcome.curve = self._unlogged(outcome)
                     outcome.retry_reasons = list(reasons.pop(trial_id, []))
+                    kinds.pop(trial_id, None)
                     on_done(outcome)
                 self._deliver_live(by_id)
                 tick(len(self._in_flight))

@@ -8,6 +8,13 @@ Per-step metrics of long trials reach the driver through one small actor
 short trials return their whole curve with their result, so they pay no actor call.
 Why core tasks and not Ray Tune: see ``docs/execution.md`` (measured).
 
+A trial that asks for GPU memory (``Resources.gpu_memory_gb``) reserves it per GPU as the
+custom resource ``gpu_memory_gb`` that nodes advertise (:mod:`.node`), and checks at its
+start that its GPUs really have that much free
+(:func:`~orchestrator.execution.worker.gpu_memory_shortfall`); if not, the attempt comes
+back as a :attr:`~orchestrator.execution.executor.Loss.GPU_MEMORY` loss without running
+and its retry avoids the nodes that refused it while another node could take it.
+
 Faults (see ``docs/execution.md``, Faults): the relay is pinned to the driver's node (node
 affinity), restarted by Ray if its process dies and recreated here if it is gone for good;
 every trial returns its whole curve, so live batches a dead relay swallowed are not lost.
@@ -32,9 +39,10 @@ from typing import Any, Mapping
 from ..design.trial import Resources, Trial, TrialResult
 from ..errors import OrchestratorError
 from .executor import ClusterError, Executor, Loss, Outcome
+from .node import GPU_MEMORY
 from .worker import Batch
 
-__all__ = ["RayAddressError", "RayConnection", "RayExecutor", "RayRunner", "connect", "slots_for"]
+__all__ = ["RayAddressError", "RayConnection", "RayExecutor", "RayRunner", "connect", "custom_resources", "slots_for", "wanted"]
 
 
 class RayAddressError(OrchestratorError):
@@ -117,6 +125,25 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
+def custom_resources(resources: Resources) -> dict[str, float]:
+    """The custom Ray resources one trial reserves: the study's, and its GPU memory per GPU.
+
+    Example:
+        >>> custom_resources(Resources(gpus=2, gpu_memory_gb=20, custom={"spot": 1}))
+        {'spot': 1, 'gpu_memory_gb': 40.0}
+    """
+    custom = dict(resources.custom)
+    if resources.gpu_memory_gb:
+        custom[GPU_MEMORY] = float(resources.gpu_memory_gb) * max(1.0, resources.gpus)
+    return custom
+
+
+def wanted(resources: Resources) -> dict[str, float]:
+    """Everything one trial reserves on a node, by Ray's resource names (zero amounts left out)."""
+    amounts = {"CPU": resources.cpus, "GPU": resources.gpus, **custom_resources(resources)}
+    return {name: amount for name, amount in amounts.items() if amount > 0}
+
+
 def slots_for(resources: Resources, available: Mapping[str, float] | None = None) -> int:
     """How many trials with ``resources`` fit in the cluster at once (at least 1)."""
     available = dict(available if available is not None else cluster_resources())
@@ -125,7 +152,7 @@ def slots_for(resources: Resources, available: Mapping[str, float] | None = None
         limits.append(available.get("CPU", 0.0) / resources.cpus)
     if resources.gpus > 0:
         limits.append(available.get("GPU", 0.0) / resources.gpus)
-    for name, amount in resources.custom.items():
+    for name, amount in custom_resources(resources).items():
         if amount > 0:
             limits.append(available.get(name, 0.0) / amount)
     return max(1, int(min(limits))) if limits else max(1, int(available.get("CPU", 1.0)))
@@ -156,7 +183,7 @@ def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: floa
 
     from ..records.environment import fingerprint
     from .data_parallel import dispatch, is_data_parallel
-    from .worker import BatchingSink, execute_trial
+    from .worker import BatchingSink, execute_trial, gpu_memory_shortfall
 
     if is_data_parallel(trial):
         return dispatch(trial, attempt, resources or Resources())
@@ -167,12 +194,17 @@ def _run_trial(trial: Mapping[str, Any], attempt: int, relay: Any, flush_s: floa
         pushed.extend(batch)
         relay.push.remote(trial_id, attempt, batch)
 
+    node = ray.get_runtime_context().get_node_id()
+    if resources is not None and resources.gpu_memory_gb:
+        short = gpu_memory_shortfall(resources.gpu_memory_gb)
+        if short is not None:  # the trial does not start: the driver retries it where the memory is free
+            return {"loss": Loss.GPU_MEMORY.value, "detail": f"{short} on node {node[:12]}", "node": node}
     device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES: cuda:0 is ours
     sink = BatchingSink(push, interval_s=flush_s)
     result = execute_trial(dict(trial), sink=sink, device=device, attempt=attempt)
     return {
         "result": result.to_dict(), "curve": pushed + sink.remaining(), "started_ms": sink.started_ms, "last_step": sink.last_step,
-        "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "environment": fingerprint(),
+        "pid": os.getpid(), "node": node, "environment": fingerprint(),
     }
 
 
@@ -234,14 +266,18 @@ class RayRunner:
             .remote()
         )
 
-    def submit(self, trial: Mapping[str, Any], attempt: int, resources: Resources) -> Any:
+    def submit(self, trial: Mapping[str, Any], attempt: int, resources: Resources, avoid: frozenset[str] = frozenset()) -> Any:
+        """Start one attempt as a Ray task; ``avoid``: nodes it must not run on (ids)."""
         from .data_parallel import dispatch_options
 
         options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_retries": 0, "name": f"trial-{trial['trial_id'][:12]}"}
         if resources.memory_mb:
             options["memory"] = int(resources.memory_mb) * 1024 * 1024
-        if resources.custom:
-            options["resources"] = dict(resources.custom)
+        custom = custom_resources(resources)
+        if custom:
+            options["resources"] = custom
+        if avoid:
+            options["label_selector"] = {"ray.io/node-id": f"!in({', '.join(sorted(avoid))})"}
         options = dispatch_options(trial, options)  # a data-parallel trial's task holds nothing: its workers do
         try:
             return self._task.options(**options).remote(dict(trial), attempt, self._relay, self._flush_s, resources)
@@ -269,6 +305,15 @@ class RayRunner:
                 loss, node = classify(exc)
                 out.append((ref, None, loss, node, _first_line(exc)))
         return out
+
+    def nodes_that_fit(self, resources: Resources) -> set[str]:
+        """Ids of the live nodes whose totals can hold one trial with ``resources`` (busy or not)."""
+        need = wanted(resources)
+        try:
+            nodes = self._ray.nodes()
+        except Exception:  # noqa: BLE001 - not knowing means not narrowing the placement
+            return set()
+        return {n["NodeID"] for n in nodes if n.get("Alive") and all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items())}
 
     def cancel(self, refs: list[Any]) -> None:
         """Cancel tasks (queued ones are dropped, running ones' workers are killed)."""
@@ -348,18 +393,24 @@ class RayExecutor(Executor):
         self._check_feasible(cluster_resources())
         self._runner = RayRunner(flush_s=flush_s)
         self._refs: dict[Any, tuple[Trial, int]] = {}
+        self._refused: dict[str, set[str]] = {}
+        """Per trial, the nodes whose GPUs lacked the free memory it asks for."""
 
     def _check_feasible(self, available: Mapping[str, float]) -> None:
-        wanted = {"CPU": self.resources.cpus, "GPU": self.resources.gpus, **self.resources.custom}
-        missing = [f"{amount:g} {name} (cluster has {available.get(name, 0):g})" for name, amount in wanted.items() if amount > available.get(name, 0)]
+        missing = [f"{amount:g} {name} (cluster has {available.get(name, 0):g})" for name, amount in wanted(self.resources).items() if amount > available.get(name, 0)]
+        advertise = (
+            f" Nodes advertise GPU memory as the resource {GPU_MEMORY}: start them with "
+            "ray start --resources=\"$(python -m orchestrator.execution.node)\" (cluster.yaml does)."
+            if any(GPU_MEMORY in m for m in missing) else ""
+        )
         if missing and not self.connection.address:
             self.close()
             raise OrchestratorError(
                 f"each trial asks for {', '.join(missing)}: expected the embedded Ray to have that much. "
-                "Lower the study's resources, or join a cluster that has them with --address."
+                f"Lower the study's resources, or join a cluster that has them with --address.{advertise}"
             )
         if missing:
-            print(f"warning: each trial asks for {', '.join(missing)}; trials wait until the cluster scales up", file=sys.stderr)
+            print(f"warning: each trial asks for {', '.join(missing)}; trials wait until the cluster scales up.{advertise}", file=sys.stderr)
 
     def slots(self, resources: Resources) -> int:
         return slots_for(resources)
@@ -372,8 +423,16 @@ class RayExecutor(Executor):
         return self._runner.final_metrics()
 
     def _submit(self, trial: Trial, attempt: int) -> None:
-        ref = self._runner.submit(trial.to_dict(), attempt, self.resources)
+        ref = self._runner.submit(trial.to_dict(), attempt, self.resources, self._avoid(trial.trial_id))
         self._refs[ref] = (trial, attempt)
+
+    def _avoid(self, trial_id: str) -> frozenset[str]:
+        """The nodes that refused this trial for GPU memory, if another live node could take it
+        (else none: excluding every node that fits would leave the trial waiting for ever)."""
+        refused = self._refused.get(trial_id)
+        if not refused:
+            return frozenset()
+        return frozenset(refused) if self._runner.nodes_that_fit(self.resources) - refused else frozenset()
 
     def _poll(self, timeout: float) -> list[Outcome]:
         out = []
@@ -382,6 +441,11 @@ class RayExecutor(Executor):
             if payload is None:
                 out.append(Outcome(trial, attempt, None, crash=crash, loss=loss, node=node))
                 continue
+            if "loss" in payload:  # the worker refused to start it (its GPU lacked the free memory)
+                self._refused.setdefault(trial.trial_id, set()).add(payload["node"])
+                out.append(Outcome(trial, attempt, None, crash=payload["detail"], loss=Loss(payload["loss"]), node=payload["node"]))
+                continue
+            self._refused.pop(trial.trial_id, None)
             result = TrialResult.from_dict(payload["result"])
             out.append(Outcome(trial, attempt, result, payload["curve"], payload["started_ms"], payload["last_step"], environment=payload.get("environment")))
         return out

@@ -2,27 +2,36 @@
 
 A trial that raises becomes a FAILED result with its traceback; a trial that diverges
 becomes a FINISHED result with ``diverged = 1``. Nothing here raises for a trial's sake.
+Before a trial that asks for GPU memory starts, :func:`gpu_memory_shortfall` says whether
+its GPUs really have that much free.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import os
 import time
 import traceback
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..definition.workloads import BUILTIN_WORKLOADS, WorkloadError, check_reference
 from ..design.trial import Trial, TrialResult, TrialState
 from ..errors import TrialDiverged, did_you_mean
 from .context import MetricSink, TrialContext
 
-__all__ = ["Batch", "BatchingSink", "MetricPoint", "execute_trial", "resolve"]
+__all__ = ["Batch", "BatchingSink", "GpuProbe", "MetricPoint", "execute_trial", "gpu_memory_shortfall", "resolve"]
 
 MetricPoint = tuple[int, dict[str, float], int]
 """One logged point of a trial's curve: ``(step, {metric: value}, timestamp_ms)``."""
 Batch = list[MetricPoint]
 """Points logged by one trial, in order (a live batch, or the rest of a curve)."""
+GpuProbe = Callable[[], Sequence[float]]
+"""Free memory (GB) of each GPU this process may use; ``[]`` when it sees none."""
+
+GPU_PROBE_ENV = "ORCHESTRATOR_GPU_PROBE"
+"""A ``package.module:function`` :data:`GpuProbe` that replaces torch's on a node (set in its
+``ray start`` environment): for GPUs torch cannot report on, and for tests on CPU-only machines."""
 
 
 class BatchingSink:
@@ -143,3 +152,46 @@ def resolve(name: str) -> Callable[..., Any]:
     if not callable(function):
         raise WorkloadError(f"workload {name!r}: {target} is a {type(function).__name__}, expected a function")
     return function
+
+
+def _probe() -> GpuProbe:
+    reference = os.environ.get(GPU_PROBE_ENV)
+    if reference:
+        probe: GpuProbe = resolve(reference)
+        return probe
+    from ..numerics.gpu import free_memory_gb
+
+    return free_memory_gb
+
+
+def gpu_memory_shortfall(needed_gb: float, probe: GpuProbe | None = None) -> str | None:
+    """Why this process's GPUs cannot start a trial that needs ``needed_gb`` free on each, or ``None``.
+
+    Args:
+        needed_gb: GB (GiB) that must be free on every GPU the trial was given.
+        probe: free GB per visible GPU; by default ``$ORCHESTRATOR_GPU_PROBE`` (a
+            ``package.module:function``) if the node sets it, else ``torch.cuda.mem_get_info``.
+
+    Returns:
+        ``None`` when every visible GPU has enough free, else the reason, e.g.
+        ``"12.3 GB free, 20 GB needed"`` (``"GPU 1: ..."`` when the trial has several).
+
+    Example:
+        >>> gpu_memory_shortfall(20, probe=lambda: [12.34])
+        '12.3 GB free, 20 GB needed'
+        >>> gpu_memory_shortfall(20, probe=lambda: [23.0]) is None
+        True
+    """
+    try:
+        free = [float(value) for value in (probe or _probe())()]
+    except Exception as exc:  # noqa: BLE001 - a probe that cannot tell is a shortfall, with why
+        return f"cannot read the GPUs' free memory ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}), {needed_gb:g} GB needed"
+    if not free:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"no GPU visible to the worker (CUDA_VISIBLE_DEVICES={visible!r}), {needed_gb:g} GB needed"
+    short = [(index, value) for index, value in enumerate(free) if value < needed_gb]
+    if not short:
+        return None
+    index, value = min(short, key=lambda item: item[1])
+    where = f"GPU {index}: " if len(free) > 1 else ""
+    return f"{where}{math.floor(value * 10) / 10:g} GB free, {needed_gb:g} GB needed"
