@@ -64,3 +64,31 @@ def test_the_head_serves_records_that_outlive_the_cluster_and_every_driver_gets_
 def test_rayignore_keeps_the_virtualenv_and_records_out_of_job_uploads():
     lines = (REPO / ".rayignore").read_text().split()
     assert ".venv/" in lines and "mlflow/" in lines
+
+
+def test_gpu_nodes_advertise_the_gpu_memory_nvidia_smi_measures(tmp_path):
+    """The worker start command, run for real up to ``ray start``: with the node type's resources in
+    RAY_OVERRIDE_RESOURCES (as the launcher sets them) and a stand-in nvidia-smi for one A10G."""
+    import os
+    import subprocess
+    import sys
+
+    types = CONFIG["available_node_types"]
+    for name in ("gpu_spot", "gpu_on_demand"):
+        assert types[name]["resources"]["gpu_memory_gb"] == 22, name  # 23028 MiB, what the autoscaler plans with
+    start = " ".join(c for c in CONFIG["worker_start_ray_commands"] if "ray start" in c)
+    assignment = start.split("MLFLOW_TRACKING_URI=")[0].split(";", 1)[1].strip()
+    assert assignment.startswith('RAY_OVERRIDE_RESOURCES="$(python -m orchestrator.execution.node || echo "$RAY_OVERRIDE_RESOURCES")"')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 23028\n")
+    smi.chmod(0o755)
+    declared = json.dumps(types["gpu_spot"]["resources"])
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": os.environ.get("HOME", "/root"), "RAY_OVERRIDE_RESOURCES": declared}
+    shown = subprocess.run(["sh", "-c", f'{assignment}; echo "$RAY_OVERRIDE_RESOURCES"'], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(shown.stdout) == {"CPU": 8, "GPU": 1, "gpu_memory_gb": 22, "spot": 1} and shown.stderr == ""
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")  # a broken driver: the node type's resources stand
+    shown = subprocess.run(["sh", "-c", f'{assignment}; echo "$RAY_OVERRIDE_RESOURCES"'], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(shown.stdout) == json.loads(declared) and "NVIDIA-SMI has failed" in shown.stderr

@@ -91,15 +91,15 @@ def node_resources(tmp_path, mib: str | None, exit_code: int = 0, **env: str) ->
 def test_a_node_advertises_the_sum_of_its_gpus_memory_for_ray_start(tmp_path):
     done = node_resources(tmp_path, "23028\\n23028\\n")  # two A10G (nvidia-smi: MiB)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"gpu_memory_gb": 44.9}
+    assert json.loads(done.stdout) == {"gpu_memory_gb": 44}
 
 
 def test_the_measured_memory_overrides_the_node_types_declared_one_in_the_launchers_variable(tmp_path):
     launcher = json.dumps({"CPU": 8, "GPU": 1, "spot": 1, "gpu_memory_gb": 24})
     done = node_resources(tmp_path, "23028\\n", RAY_OVERRIDE_RESOURCES=launcher)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"CPU": 8, "GPU": 1, "spot": 1, "gpu_memory_gb": 22.4}
-    assert "warning: the node type declares gpu_memory_gb=24 but its GPUs have 22.4 GB; advertising 22.4" in done.stderr
+    assert json.loads(done.stdout) == {"CPU": 8, "GPU": 1, "spot": 1, "gpu_memory_gb": 22}
+    assert "warning: the node type declares gpu_memory_gb=24 but its GPUs have 22 GB; advertising 22" in done.stderr
 
 
 def test_a_node_without_gpus_advertises_none_and_a_broken_driver_is_named(tmp_path):

@@ -8,7 +8,8 @@ starts, with the output of this module as ``ray start --resources``::
     ray start --address=HEAD:6379 --resources="$(python -m orchestrator.execution.node)"
 
 It sums ``memory.total`` of the node's GPUs as ``nvidia-smi`` reports it (MiB, so GB here
-are GiB: 1024**3 bytes, as torch reports them), rounded down to 0.1 GB, and overlays it on
+are GiB: 1024**3 bytes, as torch reports them), each GPU's rounded down to whole GB (the
+cluster launcher's node types take whole numbers, and the two should agree), and overlays it on
 the resources the cluster launcher passes in ``RAY_OVERRIDE_RESOURCES`` (which otherwise
 take precedence over ``--resources``): the measured amount wins over the node type's
 declared one, with a warning on stderr when they differ. A node without GPUs (no
@@ -81,11 +82,11 @@ def advertised(totals_gb: Sequence[float], launcher: Mapping[str, float] | None 
 
     Example:
         >>> advertised([22.49], {"CPU": 8, "GPU": 1, "spot": 1})
-        {'CPU': 8, 'GPU': 1, 'spot': 1, 'gpu_memory_gb': 22.4}
+        {'CPU': 8, 'GPU': 1, 'spot': 1, 'gpu_memory_gb': 22}
     """
     resources = dict(launcher or {})
     if totals_gb:
-        measured = math.floor(sum(totals_gb) * 10 + 1e-6) / 10
+        measured = sum(math.floor(total + 1e-9) for total in totals_gb)
         declared = resources.get(GPU_MEMORY)
         if warn and declared is not None and float(declared) != measured:
             print(f"warning: the node type declares {GPU_MEMORY}={declared:g} but its GPUs have {measured:g} GB; advertising {measured:g} "
