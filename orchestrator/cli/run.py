@@ -31,8 +31,11 @@ format_option = click.option("--format", "fmt", type=click.Choice(["table", "jso
               help="resume: only trials without a FINISHED run; rerun: all trials again, as a new execution.")
 @click.option("--in-process", is_flag=True, help="Run trials here, one at a time, without Ray (for pdb).")
 @click.option("--progress/--no-progress", default=None, help="Live display (default: on a terminal; log lines otherwise).")
+@click.option("--trial-runs", type=click.Choice(["per-trial", "per-cell", "auto"]), default="auto", show_default=True,
+              help="MLflow child runs: one per trial, or one per design cell with aggregates over its replicates (every trial "
+                   "stays in the results table); auto: per cell above $ORCHESTRATOR_PER_CELL_ABOVE trials (default 10000).")
 def run(study: str, variant: str | None, address: str | None, tracking_uri: str | None, max_concurrent: int | None,
-        retries: int | None, mode: str, in_process: bool, progress: bool | None) -> None:
+        retries: int | None, mode: str, in_process: bool, progress: bool | None, trial_runs: str) -> None:
     """Execute every trial of STUDY that has no FINISHED run yet, on Ray, recorded in MLflow.
 
     Started as a Ray job, by ``ray submit`` or in a KubeRay pod, it refuses (exit 2) before
@@ -49,7 +52,7 @@ def run(study: str, variant: str | None, address: str | None, tracking_uri: str 
 
     loaded = load(study, variant)
     summary = run_study(loaded, address=address, tracking_uri=tracking_uri, max_concurrent=max_concurrent, retries=retries,
-                        mode=mode, in_process=in_process, progress=progress)
+                        mode=mode, in_process=in_process, progress=progress, trial_runs=trial_runs)
     click.echo(summary.line())
     if summary.stale_closed:
         click.echo(f"closed {summary.stale_closed} run(s) left RUNNING by an earlier driver as KILLED")

@@ -235,6 +235,7 @@ def run_study(
     overrides: Mapping[str, Any] | None = None,
     record_retry_s: float | None = None,
     writers: int | None = None,
+    trial_runs: str = "auto",
 ) -> ExecutionSummary:
     """Execute a study and record it in MLflow; returns what happened.
 
@@ -253,6 +254,9 @@ def run_study(
             the journal (default ``$ORCHESTRATOR_RECORD_RETRY_S``, else 120 s).
         writers: threads writing per-trial runs (default ``$ORCHESTRATOR_RECORD_WRITERS``, else
             1 for SQLite and 8 for a server or database).
+        trial_runs: ``per-trial``, ``per-cell`` (one run per design cell, aggregates over its
+            replicates; every trial in the results table) or ``auto`` (per cell above
+            ``$ORCHESTRATOR_PER_CELL_ABOVE`` trials, default 10,000): see :mod:`orchestrator.records.cellruns`.
 
     Raises:
         TrackingStoreError: the store is unreachable or unwritable (before any trial runs).
@@ -283,14 +287,14 @@ def run_study(
     executor: Executor
     if in_process:
         store = open_store(tracking_uri)  # unreachable / unwritable: fail before any trial
-        recorder = ExecutionRecorder(store, plan, mode=mode, retry_budget_s=record_retry_s, writers=writers)
+        recorder = ExecutionRecorder(store, plan, mode=mode, retry_budget_s=record_retry_s, writers=writers, trial_runs=trial_runs)
         executor = InProcessExecutor()
     else:
         from .ray_backend import RayExecutor
 
         # start-up: importing mlflow, checking the store and fingerprinting the environment overlap
         # with Ray's start (mostly waiting for its processes); the store is checked before any trial
-        opening = _Background(lambda: ExecutionRecorder(open_store(tracking_uri), plan, mode=mode, retry_budget_s=record_retry_s, writers=writers))
+        opening = _Background(lambda: ExecutionRecorder(open_store(tracking_uri), plan, mode=mode, retry_budget_s=record_retry_s, writers=writers, trial_runs=trial_runs))
         try:
             executor = RayExecutor(address, study.resources)
         except BaseException:
@@ -405,10 +409,8 @@ def _execute(
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    by_id = {t.trial_id: t for t in trials}
-    for trial_id, batch in executor.final_metrics():
-        if trial_id in by_id:
-            recorder.trial_metrics(by_id[trial_id], batch)
+    for trial, batch in executor.final_metrics():
+        recorder.trial_metrics(trial, batch)
     summary.error = executor.error or recorder.lease.lost
     summary.interrupted = bool(interrupted or stop.is_set()) and summary.error is None
     summary.finished, summary.failed, summary.diverged, summary.killed = counts["finished"], counts["failed"], counts["diverged"], counts["killed"]

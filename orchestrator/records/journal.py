@@ -10,6 +10,9 @@ one entry:
   result, the curve, the worker's environment), fsync'd before any MLflow write of it;
 * ``recorded``: the trial's run is complete in the store (``run_id``);
 * ``table``: a part of the results table was uploaded (``part``);
+* ``cells``: the execution's cell runs are written (an execution recorded per cell,
+  header ``trial_runs = per-cell``: there a trial counts as recorded once its part of the
+  results table is uploaded);
 * ``closed``: the execution ended (``status``, ``counts``);
 * ``parent``: the parent run was closed in the store.
 
@@ -46,6 +49,7 @@ class EntryKind(str, enum.Enum):
     TRIAL = "trial"
     RECORDED = "recorded"
     TABLE = "table"
+    CELLS = "cells"
     CLOSED = "closed"
     PARENT = "parent"
 
@@ -76,6 +80,7 @@ class JournalState:
         tables: parts of the results table already uploaded.
         closed: the ``closed`` entry, if the execution ended.
         parent_closed: whether the parent run was closed in the store.
+        cells_written: whether the cell runs were written (an execution recorded per cell).
     """
 
     path: Path
@@ -85,15 +90,25 @@ class JournalState:
     tables: set[int] = field(default_factory=set)
     closed: dict[str, Any] | None = None
     parent_closed: bool = False
+    cells_written: bool = False
+
+    @property
+    def per_cell(self) -> bool:
+        """Whether the execution records per cell (no per-trial runs; :mod:`.cellruns`)."""
+        return self.execution.get("trial_runs") == "per-cell"
 
     @property
     def pending_trials(self) -> list[dict[str, Any]]:
-        """``trial`` entries whose run is not complete in the store yet."""
+        """``trial`` entries not recorded in the store yet: no complete run, or (per cell) their part of the table not uploaded."""
+        if self.per_cell:
+            rows = max(1, int(self.execution.get("rows_per_part", 10_000)))
+            return [entry for i, entry in enumerate(self.trials.values()) if i // rows not in self.tables]
         return [entry for trial_id, entry in self.trials.items() if trial_id not in self.recorded]
 
     @property
     def is_synced(self) -> bool:
-        return not self.pending_trials and self.closed is not None and self.parent_closed
+        cells = self.cells_written or not self.per_cell or not self.trials
+        return not self.pending_trials and cells and self.closed is not None and self.parent_closed
 
 
 def _entries(path: Path) -> Iterator[dict[str, Any]]:
@@ -131,6 +146,8 @@ def read_journal(path: Path) -> JournalState:
             state.closed = entry
         elif kind == EntryKind.PARENT.value:
             state.parent_closed = True
+        elif kind == EntryKind.CELLS.value:
+            state.cells_written = True
     if state is None:
         raise ValueError(f"journal {path}: empty (no 'execution' entry)")
     return state

@@ -19,7 +19,7 @@ import enum
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import OrchestratorError, did_you_mean
 from . import tags as T
@@ -83,7 +83,8 @@ class Records:
         self.store = store
         self._experiment_id: str | None = None
         self._parents: list["Run"] | None = None
-        self._plan_trials: list["Trial"] | None = None
+        self._plan_trials: Sequence["Trial"] | None = None
+        self._downloads: dict[str, tuple["pd.DataFrame | None", "pd.DataFrame | None"]] = {}
 
     @classmethod
     def open(cls, study: "Study | str", variant: str | None = None, tracking_uri: str | None = None) -> "Records":
@@ -280,30 +281,29 @@ class Records:
         chain = [r for r in self.parents() if r.data.tags.get(T.LINEAGE) == lineage and r.info.start_time <= target.info.start_time]
         return experiment_id, target, chain
 
+    def _download(self, parent: "Run", *, partial: bool = False) -> tuple["pd.DataFrame | None", "pd.DataFrame | None"]:
+        """An execution's results table and curves (:func:`~.table.download_table`), downloaded once per handle when complete."""
+        from .table import download_table
+
+        key = parent.info.run_id
+        if key in self._downloads:
+            return self._downloads[key]
+        table, curves = download_table(self.store.client, parent, partial=partial)
+        if parent.info.status != "RUNNING" and table is not None:
+            self._downloads[key] = (table, curves)
+        return table, curves
+
     def _table(self, chain: list["Run"]) -> "pd.DataFrame | None":
         """The lineage's results tables, concatenated; None when one is missing or incomplete."""
-        import tempfile
-
         import pandas as pd
-
-        from .table import PART_FOLDER, RUN_IDS, read_table
 
         frames = []
         for parent in chain:
-            tags = parent.data.tags
-            parts = tags.get(T.RESULTS_PARTS)
-            if tags.get(T.RESULTS_TABLE) != PART_FOLDER or parts is None or parent.info.status == "RUNNING":
+            table, _ = self._download(parent)
+            if table is None:
                 return None
-            if int(parts) == 0:
-                continue
-            with tempfile.TemporaryDirectory(prefix="orchestrator-table-") as folder:
-                try:
-                    local = Path(self.store.client.download_artifacts(parent.info.run_id, PART_FOLDER, folder))
-                except Exception:  # noqa: BLE001 - not uploaded (records pending): read the runs
-                    return None
-                if len(list(local.glob("part-*.parquet"))) != int(parts) or not (local / RUN_IDS).is_file():
-                    return None
-                frames.append(read_table(local))
+            if not table.empty:
+                frames.append(table)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def _frame_from_table(self, frame: "pd.DataFrame") -> "pd.DataFrame":
@@ -312,12 +312,12 @@ class Records:
 
         from .table import METRIC_PREFIX, SEED_INDEX_PREFIX, SEED_PREFIX
 
+        from .table import one_row_per_trial
+
         study = self.study
         if frame.empty:
             return pd.DataFrame()
-        # one row per trial: FINISHED beats anything else, then the later start (as for runs)
-        frame = frame.assign(_finished=(frame["state"] == "FINISHED").astype(int), _start=frame["started_ms"].fillna(0))
-        frame = frame.sort_values(["_finished", "_start"], kind="stable").drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+        frame = one_row_per_trial(frame)  # FINISHED beats anything else, then the later start (as for runs)
         out = pd.DataFrame({
             "trial_id": frame["trial_id"],
             "cell_id": frame["cell_id"],
@@ -339,7 +339,7 @@ class Records:
         out["param_hash"] = [i.get("param_hash") for i in info]
         out["_order"] = frame["order"].astype(int)
         return out
-    def _trials(self) -> list["Trial"]:
+    def _trials(self) -> Sequence["Trial"]:
         """The current plan's trials (planned once per handle; none when the study cannot be planned)."""
         if self._plan_trials is None:
             from ..design.plan import make_plan
@@ -351,9 +351,26 @@ class Records:
         return self._plan_trials
 
     def curves(self, execution: str | None = None) -> "pd.DataFrame":
-        """Per-step metrics of the same runs as :meth:`results`: columns ``trial_id, step, metric, value``."""
+        """Per-step metrics of the same trials as :meth:`results`: columns ``trial_id, step, metric, value``.
+
+        Read from the results tables' curve files when every execution of the lineage has
+        them (always for one recorded per cell), else from the per-trial runs' metric histories.
+        """
         import pandas as pd
 
+        from .table import one_row_per_trial
+
+        _, _, chain = self._chain(execution)
+        downloads = [self._download(parent) for parent in chain]
+        if all(table is not None and curves is not None for table, curves in downloads):
+            tables = [t for t, _ in downloads if t is not None and not t.empty]
+            curves = [c for _, c in downloads if c is not None and not c.empty]
+            if not tables or not curves:
+                return pd.DataFrame(columns=["trial_id", "step", "metric", "value"])
+            chosen_rows = one_row_per_trial(pd.concat(tables, ignore_index=True))
+            points = pd.concat(curves, ignore_index=True).merge(chosen_rows[["trial_id", "execution_id"]], on=["trial_id", "execution_id"])
+            points = points[["trial_id", "step", "metric", "value"]].astype({"step": int, "value": float})
+            return points.sort_values(["trial_id", "metric", "step"], kind="stable").reset_index(drop=True)
         _, _, _, chosen = self._selected_runs(execution)
         rows = []
         for trial_id, run in chosen.items():
@@ -419,21 +436,49 @@ class Records:
 
         study = self.study
         plan = make_plan(study)
-        chosen: dict[str, Run] = {}
+        states: dict[str, str] = {}
         execution_id = None
         if self.has_experiment() and self.parents():
-            _, target, _, chosen = self._selected_runs(None)
-            execution_id = target.data.tags.get(T.EXECUTION_ID)
+            states = self._trial_states()
+            execution_id = self.resolve(None).data.tags.get(T.EXECUTION_ID)
         keys = ("finished", "failed", "killed", "running", "missing")
         cells: dict[str, dict[str, Any]] = {}
         for trial in plan.trials:
             cell = cells.setdefault(trial.cell_id, {"cell_id": trial.cell_id, "levels": dict(trial.levels), "trials": 0, **{k: 0 for k in keys}})
             cell["trials"] += 1
-            run = chosen.get(trial.trial_id)
-            state = "missing" if run is None else run.info.status.lower()
+            state = states.get(trial.trial_id, "missing").lower()
             cell[state if state in keys else "failed"] += 1
         totals = {k: sum(c[k] for c in cells.values()) for k in (*keys, "trials")}
         return {"study": study.name, "variant": study.variant, "execution_id": execution_id, "tracking_uri": self.store.uri, "cells": list(cells.values()), "totals": totals}
+
+    def _trial_states(self) -> dict[str, str]:
+        """trial_id -> state in the latest lineage: the results tables (the parts uploaded so far of a running
+        execution) and the per-trial runs (searched unless every execution has a complete table)."""
+        _, _, chain = self._chain(None)
+        states: dict[str, str] = {}
+
+        def put(trial_id: str, state: str) -> None:
+            if trial_id not in states or _state_rank(state) >= _state_rank(states[trial_id]):
+                states[trial_id] = state
+
+        complete = True
+        for parent in chain:
+            table, _ = self._download(parent)
+            if table is None:
+                complete = False
+                table, _ = self._download(parent, partial=True)
+            if table is not None and not table.empty:
+                for trial_id, state in zip(table["trial_id"], table["state"]):
+                    put(str(trial_id), str(state))
+        if not complete:
+            _, _, _, chosen = self._selected_runs(None)
+            for trial_id, run in chosen.items():
+                put(trial_id, run.info.status)
+        return states
+
+
+def _state_rank(state: str) -> int:
+    return 2 if state == "FINISHED" else 1 if state == "RUNNING" else 0
 
 
 def _rank(run: "Run") -> tuple[int, int]:

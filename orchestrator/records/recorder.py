@@ -29,6 +29,7 @@ from ..errors import OrchestratorError, did_you_mean
 from . import tags as T
 from .environment import code_version as current_code_version
 from .environment import fingerprint
+from .cellruns import TrialRuns, cell_aggregates, write_cells
 from .journal import JOURNAL_ENV, EntryKind, Journal, journal_root
 from .lease import Lease
 from .store import (
@@ -45,7 +46,20 @@ from .store import (
     quiet_client,
     tag_entities,
 )
-from .table import DEFAULT_ROWS_PER_PART, PART_FOLDER, RUN_IDS, part_name, table_rows, write_part, write_run_ids
+from .table import (
+    DEFAULT_ROWS_PER_PART,
+    PART_FOLDER,
+    RUN_IDS,
+    curve_points,
+    curves_name,
+    download_table,
+    one_row_per_trial,
+    part_name,
+    table_rows,
+    write_curves,
+    write_part,
+    write_run_ids,
+)
 from .writers import WriterPool
 from .trialruns import (
     default_retry_budget_s,
@@ -150,6 +164,10 @@ class ExecutionRecorder:
       of the results table and the run ids, and closes the parent run. What could not be
       written stays pending in the journal (:attr:`pending`), for ``orchestrator sync``.
 
+    Recorded per cell (``trial_runs``, :mod:`.cellruns`), no trial gets a run: trials go to
+    the journal and the results table only, and :meth:`close` writes one run per cell with
+    aggregates over the lineage's replicates of it.
+
     Example:
         >>> recorder = ExecutionRecorder(open_store(), plan, mode="resume")   # doctest: +SKIP
         >>> to_run = recorder.begin()                                          # doctest: +SKIP
@@ -170,6 +188,7 @@ class ExecutionRecorder:
         writers: int | None = None,
         retry_budget_s: float | None = None,
         rows_per_part: int = DEFAULT_ROWS_PER_PART,
+        trial_runs: TrialRuns | str = TrialRuns.AUTO,
     ):
         self.store = store
         self.plan = plan
@@ -180,6 +199,8 @@ class ExecutionRecorder:
         self.writers = writers or default_writers(store.uri)
         self.retry_budget_s = default_retry_budget_s() if retry_budget_s is None else float(retry_budget_s)
         self.rows_per_part = max(1, int(rows_per_part))
+        self.trial_runs = TrialRuns.parse(trial_runs).resolve(len(plan.trials))
+        """``PER_TRIAL`` or ``PER_CELL`` (``AUTO`` resolved by the plan's size)."""
         self.info: ExecutionInfo | None = None
         self.run_ids: dict[str, str] = {}
         self.errors: list[str] = []
@@ -193,6 +214,10 @@ class ExecutionRecorder:
         self._header: dict[str, Any] = {}
         self._live_latest: dict[str, dict[str, tuple[int, int, float]]] = {}
         self._rows: list[dict[str, Any]] = []
+        self._points: list[list[tuple[str, int, str, float]]] = []  # per row of _rows: its curve points
+        self._live: dict[str, list[tuple[int, dict[str, float], int]]] = {}
+        self._earlier: Any = None  # per cell: the lineage's earlier table rows (a DataFrame), for the aggregates
+        self._cells_written = False
         self._parts = 0
         self._lock = threading.Lock()
         self._spool = Path(tempfile.mkdtemp(prefix="orchestrator-results-"))
@@ -204,7 +229,7 @@ class ExecutionRecorder:
         self._error: str | None = None
 
     # -- before any trial ---------------------------------------------------------------
-    def begin(self, execution_id: str | None = None) -> list[Trial]:
+    def begin(self, execution_id: str | None = None) -> Sequence[Trial]:
         """Replay pending journals, close stale runs, open the parent run; return the trials to run.
 
         Raises:
@@ -231,6 +256,8 @@ class ExecutionRecorder:
                 "Expected them written before new trials run; fix the store, then run again (or orchestrator sync)."
             )
         self.stale_closed = self._close_stale(experiment_id, stale, live)
+        if self.replayed.journals or self.stale_closed:  # their parents' tags and states changed
+            parents = self.store.search(experiment_id, f"tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'")
         execution_id = execution_id or new_execution_id()
         same_variant = sorted((r for r in parents if r.data.tags.get(T.VARIANT) == study.variant), key=lambda r: r.info.start_time)
         lineage = execution_id
@@ -238,9 +265,8 @@ class ExecutionRecorder:
             lineage = same_variant[-1].data.tags.get(T.LINEAGE, execution_id)
         done: set[str] = set()
         if lineage != execution_id:
-            for run in self.store.search(experiment_id, f"tags.{T.LINEAGE} = '{lineage}' and tags.{T.RUN_KIND} = '{T.KIND_TRIAL}' and attributes.status = 'FINISHED'"):
-                done.add(run.data.tags.get(T.TRIAL_ID, ""))
-        to_run = [t for t in self.plan.trials if t.trial_id not in done]
+            done = self._done_in_lineage(experiment_id, lineage, [r for r in same_variant if r.data.tags.get(T.LINEAGE) == lineage])
+        to_run = self.plan.trials.without(done)  # a view of the plan: each trial is built when the executor draws it
 
         env_tags = {f"{T.ENV_PREFIX}{k}": clip(str(v), 250) for k, v in self.environment.items() if v is not None}
         base_tags = {
@@ -261,6 +287,7 @@ class ExecutionRecorder:
             T.MLFLOW_RUN_NAME: f"execution {execution_id}",
             T.ENVIRONMENT: clip(json.dumps(self.environment, sort_keys=True, default=str), TAG_MAX),
             T.RESULTS_TABLE: PART_FOLDER,
+            T.TRIAL_RUNS: self.trial_runs.value,
         }
         if study.source_file:
             tags[T.MLFLOW_SOURCE_NAME] = str(study.source_file)
@@ -295,7 +322,13 @@ class ExecutionRecorder:
             "skipped": len(self.plan.trials) - len(to_run),
             "base_tags": base_tags,
             "driver": f"{socket.gethostname()}:{os.getpid()}",
+            "trial_runs": self.trial_runs.value,
         }
+        if not self.trial_runs.writes_trial_runs:
+            planned: dict[str, int] = {}
+            for trial in self.plan.trials:
+                planned[trial.cell_id] = planned.get(trial.cell_id, 0) + 1
+            self._header["cells_planned"] = planned
         try:
             self.journal = Journal.create(journal_root(self.store.uri), study.name, self._header)
         except OSError as exc:
@@ -306,6 +339,32 @@ class ExecutionRecorder:
         self._pool = WriterPool(self.writers, self.retry_budget_s)
         self.lease.start(parent_id)
         return to_run
+
+    def _done_in_lineage(self, experiment_id: str, lineage: str, parents: Sequence["Run"]) -> set[str]:
+        """Trial ids with a FINISHED record in the lineage: a FINISHED row of an execution's results table, or a FINISHED trial run.
+
+        The runs are searched only when an execution of the lineage has no complete table
+        (recorded before tables existed); an execution recorded per cell has no trial runs.
+        """
+        import pandas as pd
+
+        done: set[str] = set()
+        frames = []
+        complete = True
+        for parent in parents:
+            table, _ = download_table(self.store.client, parent)
+            if table is None:
+                complete = False
+                continue
+            frames.append(table)
+            if not table.empty:
+                done.update(table.loc[table["state"] == "FINISHED", "trial_id"])
+        if not complete:
+            for run in self.store.search(experiment_id, f"tags.{T.LINEAGE} = '{lineage}' and tags.{T.RUN_KIND} = '{T.KIND_TRIAL}' and attributes.status = 'FINISHED'"):
+                done.add(run.data.tags.get(T.TRIAL_ID, ""))
+        if not self.trial_runs.writes_trial_runs and frames:
+            self._earlier = pd.concat(frames, ignore_index=True)
+        return done
 
     def _close_stale(self, experiment_id: str, stale: Sequence["Run"], live: set[str]) -> int:
         """Close as KILLED the runs left RUNNING by drivers that are gone; returns how many.
@@ -335,7 +394,10 @@ class ExecutionRecorder:
                 point = (int(step), int(ts), float(value))
                 if key not in latest or point[:2] >= latest[key][:2]:
                     latest[key] = point
-        self._writers().put(trial.trial_id, lambda: self._log_live(trial, batch))
+        with self._lock:
+            self._live.setdefault(trial.trial_id, []).extend((int(s), dict(v), int(ts)) for s, v, ts in batch)
+        if self.trial_runs.writes_trial_runs:
+            self._writers().put(trial.trial_id, lambda: self._log_live(trial, batch))
 
     def trial_done(
         self,
@@ -355,6 +417,8 @@ class ExecutionRecorder:
         ``retry_reasons`` why earlier attempts were retried (``node lost``, ``worker died``, ``failed``).
         """
         curve = [(int(s), dict(v), int(ts)) for s, v, ts in curve]
+        with self._lock:
+            live = self._live.pop(trial.trial_id, [])
         entry = {
             "kind": EntryKind.TRIAL.value,
             "trial": trial.to_dict(),
@@ -366,14 +430,19 @@ class ExecutionRecorder:
             "environment": dict(environment) if environment else None,
             "live_latest": {k: list(v) for k, v in self._live_latest.pop(trial.trial_id, {}).items()},
             "retry_reasons": list(retry_reasons),
+            "live": live,
         }
         journal = self._journal()
         pool = self._writers()
         with self._lock:
             self._rows.extend(table_rows([entry], self._header["execution_id"]))
+            self._points.append(curve_points([entry]))
             self._journaled += 1
             full = len(self._rows) >= self.rows_per_part
-        journal.append(entry, then=lambda: pool.put(trial.trial_id, lambda: self._log_done(trial, result, entry)))
+        if self.trial_runs.writes_trial_runs:
+            journal.append(entry, then=lambda: pool.put(trial.trial_id, lambda: self._log_done(trial, result, entry)))
+        else:  # per cell: recorded once its part of the results table is uploaded
+            journal.append(entry)
         if full:
             self._cut_part()
 
@@ -384,7 +453,10 @@ class ExecutionRecorder:
         own, so the curves of two attempts never mix.
         """
         self._live_latest.pop(trial.trial_id, None)
-        self._writers().put(trial.trial_id, lambda: self._close_lost(trial, attempt, reason))
+        with self._lock:
+            self._live.pop(trial.trial_id, None)
+        if self.trial_runs.writes_trial_runs:
+            self._writers().put(trial.trial_id, lambda: self._close_lost(trial, attempt, reason))
 
     def _close_lost(self, trial: Trial, attempt: int, reason: str) -> None:
         run_id = self.run_ids.pop(trial.trial_id, None)
@@ -419,6 +491,8 @@ class ExecutionRecorder:
         self._cut_part(final=True)
         journal.flush()  # the parts' uploads are queued once their rows are on disk
         pool.flush()
+        if not self.trial_runs.writes_trial_runs:
+            self._write_cells()
         if self.run_ids:
             ids = dict(self.run_ids)
             path = write_run_ids(ids, self._spool / "ids" / RUN_IDS)
@@ -426,7 +500,8 @@ class ExecutionRecorder:
         pool.put("parent", lambda: self._close_parent(status, counts))
         pool.close()
         journal.flush()
-        self.pending = (self._journaled - self._recorded) + (0 if self._parent_closed else 1)
+        cells_pending = 0 if self._cells_written or self.trial_runs.writes_trial_runs or not self._journaled else 1
+        self.pending = (self._journaled - self._recorded) + cells_pending + (0 if self._parent_closed else 1)
         self.errors.extend(pool.errors)
         journal.close(synced=self.pending == 0 and self._parts_uploaded == self._parts)
         shutil.rmtree(self._spool, ignore_errors=True)
@@ -465,21 +540,46 @@ class ExecutionRecorder:
             if not self._rows or (not final and len(self._rows) < self.rows_per_part):
                 return
             rows, self._rows = self._rows[: self.rows_per_part], self._rows[self.rows_per_part:]
+            points, self._points = self._points[: self.rows_per_part], self._points[self.rows_per_part:]
             index = self._parts
             self._parts += 1
         path = write_part(rows, self._spool / f"part{index}" / part_name(index))
+        curves = write_curves([p for trial in points for p in trial], self._spool / f"part{index}" / curves_name(index))
         info, journal = self.info, self._journal()
+        per_cell = not self.trial_runs.writes_trial_runs
 
         def upload() -> None:
+            self.store.client.log_artifact(info.parent_run_id, str(curves), PART_FOLDER)  # type: ignore[union-attr]
             self.store.client.log_artifact(info.parent_run_id, str(path), PART_FOLDER)  # type: ignore[union-attr]
             journal.append({"kind": EntryKind.TABLE.value, "part": index}, durable=False)
             with self._lock:
                 self._parts_uploaded += 1
+                if per_cell:
+                    self._recorded += len(rows)
 
         # queued once the records journaled so far are on disk: a part never holds a trial the journal lacks
         journal.then(lambda: self._writers().put(f"results-part-{index}", upload))
         if final and self._rows:
             self._cut_part(final=True)
+
+    def _write_cells(self) -> None:
+        """Per cell: one run per cell that has trials in the lineage, aggregates over them (see :mod:`.cellruns`)."""
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        info = self.info
+        if info is None or not self._journaled:
+            return
+        frames = [self._earlier] if self._earlier is not None else []
+        frames += [pq.read_table(self._spool / f"part{k}" / part_name(k)).to_pandas() for k in range(self._parts)]
+        frame = one_row_per_trial(pd.concat(frames, ignore_index=True))
+        cells = cell_aggregates(frame, self._header.get("cells_planned", {}))
+        cell_of = dict(zip(frame.loc[frame["execution_id"] == info.execution_id, "trial_id"], frame.loc[frame["execution_id"] == info.execution_id, "cell_id"]))
+        written = write_cells(self.store.client, self._header, cells, self._writers(), {})
+        self.run_ids.update({trial_id: written[cell] for trial_id, cell in cell_of.items() if cell in written})
+        if len(written) == len(cells):
+            self._journal().append({"kind": EntryKind.CELLS.value, "cells": len(cells)})
+            self._cells_written = True
 
     def _log_live(self, trial: Trial, batch: list[tuple[int, Mapping[str, float], int]]) -> None:
         client = self.store.client

@@ -10,8 +10,12 @@ run not closed (:mod:`orchestrator.records.journal`). Replaying one:
    half-written (created, then the driver died or the store went away) is completed;
    otherwise the run is written from the journal. Extra copies (a create whose answer was
    lost, then retried) are deleted, so each trial ends with exactly one run;
-3. missing parts of the results table are rebuilt from the journal (parts are cut
-   deterministically) and uploaded, then the run ids;
+3. missing parts of the results table (and their curves) are rebuilt from the journal
+   (parts are cut deterministically) and uploaded; an execution recorded per cell
+   (:mod:`.cellruns`) has no trial runs to write: its trials are recorded once their part
+   is uploaded, then its cell runs are written (an existing cell run of the execution is
+   completed, never duplicated), aggregating the lineage's earlier tables and the journal;
+   then the run ids;
 4. the parent run gets its counts and status (``KILLED`` when the driver died before the
    end), and the journal is renamed ``*.synced.jsonl``.
 
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from . import tags as T
 from .journal import EntryKind, Journal, pending_journals, read_journal
 from .store import TrackingStore, metric_entities, tag_entities
-from .table import PART_FOLDER, RUN_IDS, part_name, table_rows, write_part, write_run_ids
+from .table import PART_FOLDER, RUN_IDS, curve_points, curves_name, download_table, one_row_per_trial, part_name, table_rows, write_curves, write_part, write_run_ids
 from .writers import WriterPool
 
 if TYPE_CHECKING:
@@ -97,7 +101,7 @@ def sync_study(store: TrackingStore, study: str, *, retry_budget_s: float = 10.0
         pool = WriterPool(writers or default_writers(store.uri), retry_budget_s)
         recorded = dict(state.recorded)
         try:
-            existing = find_trial_runs(store, header["experiment_id"], header["execution_id"])
+            existing = find_trial_runs(store, header["experiment_id"], header["execution_id"]) if not state.per_cell else {}
         except Exception as exc:  # noqa: BLE001 - the store is down: everything stays pending
             report.left_pending += len(state.pending_trials) + (0 if state.parent_closed else 1)
             report.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -123,9 +127,10 @@ def sync_study(store: TrackingStore, study: str, *, retry_budget_s: float = 10.0
             recorded[trial_id] = run_id
             journal.append({"kind": EntryKind.RECORDED.value, "trial_id": trial_id, "run_id": run_id}, durable=False)
 
-        for entry in state.pending_trials:
-            pool.put(entry["trial"]["trial_id"], functools.partial(replay_trial, entry))
-        pool.flush()
+        if not state.per_cell:
+            for entry in state.pending_trials:
+                pool.put(entry["trial"]["trial_id"], functools.partial(replay_trial, entry))
+            pool.flush()
 
         rows_per_part = int(header.get("rows_per_part", 10_000))
         entries = list(state.trials.values())
@@ -134,16 +139,29 @@ def sync_study(store: TrackingStore, study: str, *, retry_budget_s: float = 10.0
         for index in range(parts):
             if index in uploaded:
                 continue
-            path_part = write_part(table_rows(entries[index * rows_per_part : (index + 1) * rows_per_part], header["execution_id"]), spool / f"p{index}" / part_name(index))
+            chunk = entries[index * rows_per_part : (index + 1) * rows_per_part]
+            path_part = write_part(table_rows(chunk, header["execution_id"]), spool / f"p{index}" / part_name(index))
+            path_curves = write_curves(curve_points(chunk), spool / f"p{index}" / curves_name(index))
 
-            def upload(index: int = index, local: Path = path_part) -> None:
+            def upload(index: int = index, local: Path = path_part, curves: Path = path_curves) -> None:
+                client.log_artifact(header["parent_run_id"], str(curves), PART_FOLDER)
                 client.log_artifact(header["parent_run_id"], str(local), PART_FOLDER)
                 journal.append({"kind": EntryKind.TABLE.value, "part": index}, durable=False)
                 uploaded.add(index)
 
             pool.put(f"part-{index}", upload)
         pool.flush()
-        if recorded:
+        cells_done = state.cells_written or not state.per_cell or not entries
+        if state.per_cell and len(uploaded) == parts:
+            recorded = {e["trial"]["trial_id"]: "" for e in entries}
+            if not cells_done:
+                try:
+                    cells_done, recorded = _write_cells(store, header, entries, pool)
+                except Exception as exc:  # noqa: BLE001 - the store is down: the cells stay pending
+                    report.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                if cells_done:
+                    journal.append({"kind": EntryKind.CELLS.value})
+        if recorded and cells_done:
             ids_path = write_run_ids(recorded, spool / "ids" / RUN_IDS)
             pool.put("run-ids", lambda: client.log_artifact(header["parent_run_id"], str(ids_path), PART_FOLDER))
         parent_done = {"closed": state.parent_closed}
@@ -168,12 +186,49 @@ def sync_study(store: TrackingStore, study: str, *, retry_budget_s: float = 10.0
         report.already += outcome["already"]
         report.duplicates_deleted += outcome["deleted"]
         report.parents_closed += int(parent_done["closed"] and not state.parent_closed)
-        left = sum(1 for e in entries if e["trial"]["trial_id"] not in recorded) + (0 if parent_done["closed"] else 1)
+        if state.per_cell:
+            left = sum(1 for i, _ in enumerate(entries) if i // rows_per_part not in uploaded) + (0 if cells_done else 1) + (0 if parent_done["closed"] else 1)
+        else:
+            left = sum(1 for e in entries if e["trial"]["trial_id"] not in recorded) + (0 if parent_done["closed"] else 1)
         report.left_pending += left
         report.errors.extend(pool.errors[:3])
         journal.close(synced=left == 0 and len(uploaded) == parts)
         shutil.rmtree(spool, ignore_errors=True)
     return report
+
+
+def _write_cells(store: TrackingStore, header: dict[str, Any], entries: list[dict[str, Any]], pool: WriterPool) -> tuple[bool, dict[str, str]]:
+    """The cell runs of an execution recorded per cell, from its journal and the lineage's earlier tables.
+
+    Returns whether every cell run is written, and trial_id -> its cell's run id.
+    """
+    import pandas as pd
+
+    from .cellruns import cell_aggregates, find_cell_runs, write_cells
+
+    client = store.client
+    target = client.get_run(header["parent_run_id"])
+    frames = []
+    if header.get("lineage") != header.get("execution_id"):
+        query = f"tags.{T.LINEAGE} = '{header['lineage']}' and tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'"
+        for parent in store.search(header["experiment_id"], query):
+            if parent.info.start_time < target.info.start_time:
+                table, _ = download_table(client, parent)
+                if table is not None and not table.empty:
+                    frames.append(table)
+    frames.append(pd.DataFrame(table_rows(entries, header["execution_id"])))
+    frame = one_row_per_trial(pd.concat(frames, ignore_index=True))
+    cells = cell_aggregates(frame, header.get("cells_planned") or {})
+    found = find_cell_runs(store, header["experiment_id"], header["execution_id"])
+    existing = {}
+    for cell_id, runs in found.items():
+        runs = sorted(runs, key=lambda r: r.info.start_time or 0)
+        existing[cell_id] = str(runs[0].info.run_id)
+        for extra in runs[1:]:
+            client.delete_run(extra.info.run_id)
+    written = write_cells(client, header, cells, pool, existing)
+    ours = {e["trial"]["trial_id"]: e["trial"]["cell_id"] for e in entries}
+    return len(written) == len(cells), {trial_id: written.get(cell_id, "") for trial_id, cell_id in ours.items()}
 
 
 def _counts(header: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, int]:

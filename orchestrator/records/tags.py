@@ -13,6 +13,7 @@ __all__ = [
     "ARTIFACT_TRACEBACK",
     "ATTEMPTS",
     "CELL_ID",
+    "CELL_LEVELS",
     "CLOSED_BY",
     "CODE_VERSION",
     "DRIVER",
@@ -25,6 +26,7 @@ __all__ = [
     "EXPERIMENT_STUDY",
     "FINAL_STEP",
     "INFO",
+    "KIND_CELL",
     "KIND_EXECUTION",
     "KIND_TRIAL",
     "LEASE",
@@ -48,6 +50,7 @@ __all__ = [
     "TRIAL",
     "TRIAL_ID",
     "TRIALS_PREFIX",
+    "TRIAL_RUNS",
     "VARIANT",
 ]
 
@@ -64,6 +67,8 @@ ENV_PREFIX = "env."
 RUN_KIND = "run_kind"
 KIND_EXECUTION = "execution"
 KIND_TRIAL = "trial"
+KIND_CELL = "cell"
+"""A design cell's run, with aggregates over its replicates (an execution recorded per cell: :mod:`.cellruns`)."""
 
 # -- parent run
 MODE = "mode"
@@ -76,6 +81,8 @@ LEASE = "orchestrator.lease"
 """The driver's lease on the execution: JSON ``{"holder", "renewed_ms", "ttl_s"}`` (:mod:`.lease`)."""
 ERROR = "orchestrator.error"
 """Why an execution stopped early without a Ctrl-C (the cluster failed, its lease was taken over)."""
+TRIAL_RUNS = "orchestrator.trial_runs"
+"""Parent-run tag: ``per-trial`` or ``per-cell``, the child runs the execution writes (:mod:`.cellruns`)."""
 TRIALS_PREFIX = "trials_"
 """Parent-run metrics ``trials_planned``, ``trials_skipped``, ``trials_finished``, ..."""
 
@@ -92,6 +99,8 @@ RETRY_REASONS = "orchestrator.retry_reasons"
 """Why earlier attempts were retried, in order, ``; ``-separated: ``node lost``, ``worker died``, ``failed``."""
 LOST = "orchestrator.lost"
 """On the live run of an attempt that was lost and retried (closed KILLED): why (``node lost``, ``worker died``)."""
+CELL_LEVELS = "orchestrator.levels"
+"""On a cell run: the cell's typed levels, as JSON."""
 FINAL_STEP = "orchestrator.final_step"
 """The step the final metrics are logged at (one after the last logged step)."""
 SEED_PREFIX = "seed_"
