@@ -88,24 +88,32 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def plan_command(study: str, variant: str | None, fmt: str) -> None:
     """Print the design of STUDY (a file or a name in studies/): one row per trial."""
-    from ..design.plan import make_plan, plan_csv
+    from ..design.plan import make_plan, write_plan_csv, write_plan_json
 
     plan = make_plan(load(study, variant))
-    if fmt == "json":
-        click.echo(json.dumps(plan.to_dict(), indent=2))
+    out = sys.stdout
+    if fmt == "json":  # written a chunk of trials at a time: a 1e6-trial plan never holds every trial's dict
+        write_plan_json(plan, out)
+        out.write("\n")
     elif fmt == "csv":
-        click.echo(plan_csv(plan), nl=False)
+        write_plan_csv(plan, out)
     else:
         print_plan(plan)
+
+
+BOXED_TRIALS_MAX = 2000
+"""Plans with more trials print their trials as aligned text, not a boxed table (rich takes
+seconds per thousand rows and holds every row)."""
 
 
 def print_plan(plan: "Plan") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..design.plan import plan_rows
+    from ..design.plan import plan_rows, write_plan_table
 
-    header, rows = plan_rows(plan)
+    boxed = len(plan.trials) <= BOXED_TRIALS_MAX
+    header, rows = plan_rows(plan) if boxed else ([], [])
     needed = sum(max(len(_short(v)) for v in [h, *(r[i] for r in rows)]) + 3 for i, h in enumerate(header)) + 4
     console = Console(width=max(100, needed), soft_wrap=True)
     study = plan.study
@@ -119,10 +127,15 @@ def print_plan(plan: "Plan") -> None:
         f"({counts['trials_per_cell']} per cell); excluded cells: {counts['excluded_cells']}; "
         f"resources: {counts['resources']['cpus']:g} CPU, {counts['resources']['gpus']:g} GPU in total"
     )
-    table = Table(*header, title="trials in run order", show_lines=False)
-    for row in rows:
-        table.add_row(*(_short(v) for v in row))
-    console.print(table)
+    if boxed:
+        table = Table(*header, title="trials in run order", show_lines=False)
+        for row in rows:
+            table.add_row(*(_short(v) for v in row))
+        console.print(table)
+    else:
+        console.print(f"trials in run order ({counts['trials']}, as text; --format csv for a file):")
+        console.file.flush()
+        write_plan_table(plan, console.file)
     if plan.aliases:
         console.print(f"defining relation: I = {' = '.join(plan.defining_relation)}")
         aliases = Table("effect", "letters", "aliased with (up to two-factor interactions)", title="alias table")

@@ -15,9 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import random
+import uuid
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Collection, Iterator, Mapping, Sequence, overload
+
+import numpy as np
 
 from ..definition.designs import (
     LETTERS,
@@ -30,13 +35,15 @@ from ..definition.designs import (
     fractional_matrix,
     plackett_burman_matrix,
 )
-from ..ids import canonical_json, cell_id as make_cell_id, derive_seed, trial_id as make_trial_id
-from ..design.trial import Trial
+from ..formatting import fmt_number
+from ..ids import canonical_json, cell_id as make_cell_id, derive_seed
+from .keys import SeedKey, TrialKey, id_text, id_value
+from .trial import Trial
 
 if TYPE_CHECKING:
     from ..definition.study import Study
 
-__all__ = ["AliasRow", "Cell", "Plan", "alias_table", "make_plan", "plan_csv", "plan_rows"]
+__all__ = ["AliasRow", "Cell", "Plan", "TrialTable", "alias_table", "make_plan", "plan_csv", "plan_rows", "write_plan_csv", "write_plan_json", "write_plan_table"]
 
 @dataclass(frozen=True)
 class AliasRow:
@@ -96,13 +103,143 @@ class Cell:
     levels: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """The trials of a plan as columns, in run order (position = ``Trial.order``), and what their cells share."""
+
+    study: "Study"
+    cells: Sequence[Cell]
+    cell: "np.ndarray"  # index into cells, per trial
+    replicate: "np.ndarray"
+    seeds: Mapping[str, "np.ndarray"]  # stream -> seed per trial (int64: seeds have 63 bits)
+    seed_index: Mapping[str, "np.ndarray"]
+    ids: "np.ndarray"  # trial id numbers (uint64, see keys.id_text)
+    levels: Sequence[Mapping[str, Any]]  # per cell: one dict its trials share
+    blocks: Sequence[str | None]  # per cell
+    params: Mapping[str, Any]  # one dict every trial shares
+
+
+class TrialTable(SequenceABC[Trial]):
+    """The trials of a plan in run order, held as columns; each :class:`Trial` is built when asked for.
+
+    A trial costs ~50 bytes here (cell, replicate, one seed and seed index per stream, the id
+    as a number) instead of ~1 kB as a :class:`Trial` with its dicts, so a 1e6-trial plan is
+    tens of MB and ``run`` hands the executor one trial at a time. It is a read-only sequence:
+    ``len``, indexing and slicing, iteration (in run order), ``in``. :meth:`without` is the
+    view resume runs (the plan less the trials already done); :meth:`trial_ids` iterates ids
+    without building trials.
+
+    Example:
+        >>> plan = make_plan(study)                       # doctest: +SKIP
+        >>> len(plan.trials), plan.trials[0].order        # doctest: +SKIP
+        (1000000, 0)
+        >>> todo = plan.trials.without({plan.trials[0].trial_id})   # doctest: +SKIP
+        >>> len(todo), todo[0].order                      # doctest: +SKIP
+        (999999, 1)
+    """
+
+    def __init__(self, columns: _Columns, rows: "np.ndarray | None" = None):
+        self._columns = columns
+        self._rows = rows  # positions in the plan's run order (a view); None: every trial
+        self._index: dict[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._columns.ids) if self._rows is None else len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Trial: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> "TrialTable": ...
+
+    def __getitem__(self, index: int | slice) -> "Trial | TrialTable":
+        positions = self._positions()
+        if isinstance(index, slice):
+            return TrialTable(self._columns, positions[index])
+        return self._trial(int(positions[index]))
+
+    def __iter__(self) -> Iterator[Trial]:
+        rows = self._positions()
+        for start in range(0, len(rows), 4096):  # positions as Python ints a chunk at a time: no 1e6-item list
+            for position in rows[start:start + 4096].tolist():
+                yield self._trial(position)
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, Trial) and self.position(item.trial_id) is not None
+
+    def __repr__(self) -> str:
+        return f"TrialTable({len(self)} trials of study {self._columns.study.name!r})"
+
+    def trial_ids(self) -> Iterator[str]:
+        """The trial ids in run order (without building trials)."""
+        ids = self._columns.ids if self._rows is None else self._columns.ids[self._rows]
+        for start in range(0, len(ids), 65536):
+            yield from map(id_text, ids[start:start + 65536].tolist())
+
+    def position(self, trial_id: str) -> int | None:
+        """Where ``trial_id`` is in this sequence (``None``: not here)."""
+        if self._index is None:
+            ids = self._columns.ids if self._rows is None else self._columns.ids[self._rows]
+            self._index = {value: k for k, value in enumerate(ids.tolist())}
+        value = id_value(trial_id)
+        return None if value is None else self._index.get(value)
+
+    def without(self, trial_ids: Collection[str]) -> "TrialTable":
+        """These trials less ``trial_ids`` (ids not in the plan are ignored), in the same order."""
+        values = [v for v in map(id_value, trial_ids) if v is not None]
+        if not values:
+            return self
+        ids = self._columns.ids if self._rows is None else self._columns.ids[self._rows]
+        keep = ~np.isin(ids, np.array(values, dtype=np.uint64))
+        return TrialTable(self._columns, self._positions()[keep])
+
+    def _positions(self) -> "np.ndarray":
+        return np.arange(len(self._columns.ids)) if self._rows is None else self._rows
+
+    def _trial(self, position: int) -> Trial:
+        c = self._columns
+        cell = int(c.cell[position])
+        study = c.study
+        return Trial(
+            study=study.name,
+            variant=study.variant or "full",
+            trial_id=id_text(int(c.ids[position])),
+            cell_id=c.cells[cell].cell_id,
+            replicate=int(c.replicate[position]),
+            levels=c.levels[cell],
+            params=c.params,
+            seeds={stream: int(column[position]) for stream, column in c.seeds.items()},
+            seed_index={stream: int(column[position]) for stream, column in c.seed_index.items()},
+            workload=study.workload,
+            order=position,
+            block=c.blocks[cell],
+            resources=study.resources,
+            retries=study.retries,
+        )
+
+    def _rows_of_cells(self) -> Iterator[tuple[int, int, int, int, list[int], list[int]]]:
+        """``(order, cell index, id number, replicate, seeds, seed indices)`` per trial, as Python ints (the design table's writers)."""
+        c = self._columns
+        rows = self._positions()
+        streams = list(c.seeds)
+        for start in range(0, len(rows), 16384):
+            chunk = rows[start:start + 16384]
+            seeds = [c.seeds[s][chunk].tolist() for s in streams]
+            indices = [c.seed_index[s][chunk].tolist() for s in streams]
+            for k, (position, cell, value, replicate) in enumerate(zip(chunk.tolist(), c.cell[chunk].tolist(), c.ids[chunk].tolist(), c.replicate[chunk].tolist())):
+                yield position, cell, value, replicate, [col[k] for col in seeds], [col[k] for col in indices]
+
+
 @dataclass
 class Plan:
-    """A study's design made concrete: cells, trials in run order, aliases, exclusions, audit."""
+    """A study's design made concrete: cells, trials in run order, aliases, exclusions, audit.
+
+    ``trials`` is a :class:`TrialTable`: a sequence of :class:`Trial` held as columns.
+    """
 
     study: "Study"
     cells: list[Cell]
-    trials: list[Trial]
+    trials: TrialTable
     excluded: list[dict[str, Any]] = field(default_factory=list)
     aliases: list[AliasRow] = field(default_factory=list)
     defining_relation: list[str] = field(default_factory=list)
@@ -127,13 +264,35 @@ class Plan:
         }
 
     def trial(self, trial_id: str) -> Trial:
-        for trial in self.trials:
-            if trial.trial_id == trial_id:
-                return trial
-        raise KeyError(f"no trial {trial_id!r} in the plan of study {self.study.name!r}")
+        position = self.trials.position(trial_id)
+        if position is None:
+            raise KeyError(f"no trial {trial_id!r} in the plan of study {self.study.name!r}")
+        return self.trials[position]
 
     def to_dict(self) -> dict[str, Any]:
-        """The documented JSON form of ``orchestrator plan --format json`` (docs/plan.md)."""
+        """The documented JSON form of ``orchestrator plan --format json`` (docs/plan.md).
+
+        It holds every trial as a dict: for large plans, :func:`write_plan_json` writes the
+        same text a trial at a time.
+        """
+        data = self._head()
+        data["trials"] = [
+            {
+                "trial_id": t.trial_id,
+                "cell_id": t.cell_id,
+                "replicate": t.replicate,
+                "order": t.order,
+                "block": t.block,
+                "levels": dict(t.levels),
+                "seeds": dict(t.seeds),
+                "seed_index": dict(t.seed_index),
+            }
+            for t in self.trials
+        ]
+        return data
+
+    def _head(self) -> dict[str, Any]:
+        """:meth:`to_dict` with an empty ``trials`` list (in its place: the keys keep their order)."""
         study = self.study
         return {
             "schema_version": 1,
@@ -154,19 +313,7 @@ class Plan:
             "seed_streams": study.seed_streams,
             "metrics": [m.to_dict() for m in study.metrics],
             "counts": self.counts,
-            "trials": [
-                {
-                    "trial_id": t.trial_id,
-                    "cell_id": t.cell_id,
-                    "replicate": t.replicate,
-                    "order": t.order,
-                    "block": t.block,
-                    "levels": dict(t.levels),
-                    "seeds": dict(t.seeds),
-                    "seed_index": dict(t.seed_index),
-                }
-                for t in self.trials
-            ],
+            "trials": [],
             "aliases": [row.to_dict() for row in self.aliases],
             "excluded": self.excluded,
             "audit": self.audit,
@@ -212,20 +359,22 @@ def _seed_combinations(study: "Study") -> list[dict[str, int]]:
     return combos
 
 
-def _audit(study: "Study", cells: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _audit(study: "Study", cells: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     from ..numerics.audit import audit_config  # torch-free, but numpy: only when planning
 
-
     findings = {}
-    for levels in cells:
+    for levels, cid in zip(cells, ids):
         found = audit_config({**study.params, **levels})
         if found:
-            findings[make_cell_id(levels)] = [f.to_dict() for f in found]
+            findings[cid] = [f.to_dict() for f in found]
     return findings
 
 
 def make_plan(study: "Study") -> Plan:
     """Expand ``study`` (with its variant applied) into cells and trials in run order.
+
+    Trials are held as columns (:class:`TrialTable`): a 1e6-trial plan takes seconds and
+    tens of MB, and each :class:`Trial` is built when it is used.
 
     Example:
         >>> plan = make_plan(study.with_variant("smoke"))   # doctest: +SKIP
@@ -251,12 +400,12 @@ def make_plan(study: "Study") -> Plan:
     else:
         raw_cells = _full_factorial(study)
 
-    audit = _audit(study, raw_cells)
+    raw_ids = [make_cell_id(levels) for levels in raw_cells]
+    audit = _audit(study, raw_cells, raw_ids)
     cells: list[Cell] = []
     excluded: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for levels in raw_cells:
-        cid = make_cell_id(levels)
+    for levels, cid in zip(raw_cells, raw_ids):
         rule = _excluded_by(study, levels)
         if rule is not None:
             excluded.append({"cell_id": cid, "levels": levels, "reason": f"exclude[{rule}]"})
@@ -270,102 +419,251 @@ def make_plan(study: "Study") -> Plan:
         seen.add(cid)
         cells.append(Cell(cid, levels))
 
+    levels_of = dict(zip(raw_ids, raw_cells))
+    audit_rows = [{"cell_id": cid, "levels": levels_of[cid], "findings": found} for cid, found in audit.items()]
+    return Plan(study, cells, _trial_table(study, cells), excluded, aliases, relation, resolution, audit_rows, used_generators)
+
+
+def _trial_table(study: "Study", cells: Sequence[Cell]) -> TrialTable:
+    """Every cell x seed combination with its seeds and id, in run order, as columns.
+
+    Trials are generated cell by cell, combination by combination (``replicate`` is the
+    combination's index), then put in run order; ids and seeds are those of
+    :mod:`orchestrator.ids` (see :mod:`.keys`).
+    """
     combos = _seed_combinations(study)
-    trials: list[dict[str, Any]] = []
-    # a seed is a pure function of (stream, index, scope): shared streams repeat across cells, so derive each once
-    derived: dict[tuple[str, int, str | None], int] = {}
-    for cell in cells:
-        for replicate, index in enumerate(combos):
-            seeds = {}
-            for stream, i in index.items():
-                policy = study.seed_streams[stream]
-                scoped = study.seed_scope.scope(cell.cell_id, policy)
-                key = (stream, i, scoped)
-                seed = derived.get(key)
-                if seed is None:
-                    seed = derived[key] = derive_seed(study.seed, stream, i, scoped)
-                seeds[stream] = seed
-            if study.tuning is not None:  # the search stream is per cell and budget (orchestrator.tuning.search.search_seed)
-                seeds["search"] = study.tuning.search_seed(study.seed, cell.cell_id, cell.levels, index["search"])
-            trials.append(
-                dict(
-                    cell=cell,
-                    replicate=replicate,
-                    seeds=seeds,
-                    seed_index=index,
-                    trial_id=make_trial_id(cell.cell_id, replicate, seeds, study.params),
-                )
-            )
-    ordered = _run_order(study, trials)
-    # trials are frozen: the trials of a cell share its levels and every trial shares the parameters (memory of 1e6-trial plans)
-    params = dict(study.params)
-    cell_levels = {cell.cell_id: dict(cell.levels) for cell in cells}
-    built = [
-        Trial(
-            study=study.name,
-            variant=study.variant or "full",
-            trial_id=t["trial_id"],
-            cell_id=t["cell"].cell_id,
-            replicate=t["replicate"],
-            levels=cell_levels[t["cell"].cell_id],
-            params=params,
-            seeds=t["seeds"],
-            seed_index=t["seed_index"],
-            workload=study.workload,
-            order=order,
-            block=_block(study, t["cell"].levels),
-            resources=study.resources,
-            retries=study.retries,
-        )
-        for order, t in enumerate(ordered)
-    ]
-    audit_rows = [
-        {"cell_id": cid, "levels": next(l for l in raw_cells if make_cell_id(l) == cid), "findings": found} for cid, found in audit.items()
-    ]
-    return Plan(study, cells, built, excluded, aliases, relation, resolution, audit_rows, used_generators)
+    streams = list(study.seed_streams)
+    n_cells, n_combos = len(cells), len(combos)
+    index = {s: np.array([combo[s] for combo in combos], dtype=np.int64) for s in streams}
+    seeds = {s: np.empty((n_cells, n_combos), dtype=np.int64) for s in streams}
+    shared: dict[str, "np.ndarray"] = {}  # a stream's seeds per combination when no cell has its own
+    for s in streams:
+        key, policy = SeedKey(study.seed, s), study.seed_streams[s]
+        for c, cell in enumerate(cells):
+            if s == "search" and study.tuning is not None:  # the search stream is per cell and budget (orchestrator.tuning.search.search_seed)
+                by_index = {i: study.tuning.search_seed(study.seed, cell.cell_id, cell.levels, i) for i in set(index[s].tolist())}
+                seeds[s][c] = [by_index[i] for i in index[s].tolist()]
+                continue
+            scoped = study.seed_scope.scope(cell.cell_id, policy)
+            if scoped is None and s in shared:
+                seeds[s][c] = shared[s]
+                continue
+            by_index = {i: key.seed(i, scoped) for i in set(index[s].tolist())}
+            seeds[s][c] = [by_index[i] for i in index[s].tolist()]
+            if scoped is None:
+                shared[s] = seeds[s][c]
+    def combinations(c: int) -> list[list[int]]:  # per combination: the cell's seeds in stream order
+        return np.stack([seeds[s][c] for s in streams], axis=1).tolist() if streams else [[] for _ in range(n_combos)]
+
+    trial_key = TrialKey(study.params, streams)
+    common = None  # when no stream depends on the cell, the keys' replicate-and-seeds parts are encoded once
+    if n_cells and study.tuning is None and len(shared) == len(streams):
+        common = [trial_key.suffix(r, row) for r, row in enumerate(combinations(0))]
+    ids = np.empty(n_cells * n_combos, dtype=np.uint64)
+    for c, cell in enumerate(cells):
+        if common is None:
+            values = trial_key.values(cell.cell_id, list(enumerate(combinations(c))))
+        else:
+            values = trial_key.values(cell.cell_id, suffixes=common)
+        ids[c * n_combos:(c + 1) * n_combos] = values
+    order = _run_order(study, cells, n_combos)
+    columns = _Columns(
+        study=study,
+        cells=list(cells),
+        cell=np.repeat(np.arange(n_cells, dtype=np.int32), n_combos)[order],
+        replicate=np.tile(np.arange(n_combos, dtype=np.int32), n_cells)[order],
+        seeds={s: seeds[s].reshape(-1)[order] for s in streams},
+        seed_index={s: np.tile(index[s], n_cells)[order] for s in streams},
+        ids=ids[order],
+        levels=[dict(cell.levels) for cell in cells],
+        blocks=[_block(study, cell.levels) for cell in cells],
+        params=dict(study.params),
+    )
+    return TrialTable(columns)
 
 
 def _block(study: "Study", levels: Mapping[str, Any]) -> str | None:
     return None if study.block_by is None else str(levels[study.block_by])
 
 
-def _run_order(study: "Study", trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _run_order(study: "Study", cells: Sequence[Cell], n_combos: int) -> "np.ndarray":
+    """Positions (cell index x ``n_combos`` + combination) in run order.
+
+    The shuffles are those of the first planner, which shuffled a list of trials: the same
+    ``random.Random`` and list length give the same permutation, so run orders are unchanged.
+    """
+    n = len(cells) * n_combos
     if not study.run_order.shuffles:
-        return trials
+        return np.arange(n, dtype=np.int64)
     if study.block_by is None:
-        shuffled = list(trials)
+        shuffled = list(range(n))
         random.Random(derive_seed(study.seed, "run_order", 0)).shuffle(shuffled)
-        return shuffled
+        return np.array(shuffled, dtype=np.int64)
     factor = study.factor(study.block_by)
-    ordered: list[dict[str, Any]] = []
+    keys = [canonical_json(cell.levels[factor.name]) for cell in cells]
+    ordered: list[int] = []
     for position, level in enumerate(factor.all_levels):
-        block = [t for t in trials if canonical_json(t["cell"].levels[factor.name]) == canonical_json(level)]
+        wanted = canonical_json(level)
+        block = [c * n_combos + r for c, key in enumerate(keys) if key == wanted for r in range(n_combos)]
         random.Random(derive_seed(study.seed, "run_order", position)).shuffle(block)
         ordered.extend(block)
-    return ordered
+    return np.array(ordered, dtype=np.int64)
+
+
+# -- the design table ------------------------------------------------------------------------
+
+
+def _header(plan: Plan) -> list[str]:
+    factors = plan.study.factor_names
+    header = ["order", "trial_id", "cell_id", "replicate", *factors, *(f"seed_{s}" for s in plan.study.seed_streams)]
+    if plan.study.block_by:
+        header.insert(1, "block")
+    return header
 
 
 def plan_rows(plan: Plan) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the design table (one row per trial, in run order)."""
+    """Header and rows of the design table (one row per trial, in run order).
+
+    The rows are a list (the table printer sizes its columns from them); for large plans
+    :func:`write_plan_csv` writes the same table a chunk at a time.
+    """
     factors = plan.study.factor_names
     streams = list(plan.study.seed_streams)
-    header = ["order", "trial_id", "cell_id", "replicate", *factors, *(f"seed_{s}" for s in streams)]
-    if plan.study.block_by:
-        header.insert(1, "block")
     rows = []
     for t in plan.trials:
         row = [t.order, t.trial_id, t.cell_id, t.replicate, *(t.levels.get(f, "") for f in factors), *(t.seeds[s] for s in streams)]
         if plan.study.block_by:
             row.insert(1, t.block)
         rows.append(row)
-    return header, rows
+    return _header(plan), rows
+
+
+def _csv_fields(values: Sequence[Any]) -> str:
+    """``values`` as they appear inside a CSV row (the ``csv`` module's quoting), without the row's end."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([0, *values])  # a leading field: a lone empty field is written as "" otherwise
+    return buffer.getvalue()[2:-1]
+
+
+def write_plan_csv(plan: Plan, out: IO[str]) -> None:
+    """Write the design table as CSV to ``out``, a chunk of rows at a time (``orchestrator plan --format csv``).
+
+    The text is that of :func:`plan_csv`; each cell's fields are quoted once, each trial's
+    row is a format of its numbers.
+    """
+    study = plan.study
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(_header(plan))
+    out.write(buffer.getvalue())
+    columns = plan.trials._columns
+    seeds = "".join(",%d" for _ in study.seed_streams) + "\n"
+    templates = []
+    for cell, levels, block in zip(columns.cells, columns.levels, columns.blocks):
+        head = "%d," + (_csv_fields([block]).replace("%", "%%") + "," if study.block_by else "")
+        fields = _csv_fields([cell.cell_id]).replace("%", "%%")
+        level_text = _csv_fields([levels.get(f, "") for f in study.factor_names]).replace("%", "%%")
+        templates.append(head + "t%015x," + fields + ",%d" + ("," + level_text if study.factor_names else "") + seeds)
+    lines: list[str] = []
+    for order, index, value, replicate, seed_values, _ in plan.trials._rows_of_cells():
+        lines.append(templates[index] % (order, value, replicate, *seed_values))
+        if len(lines) >= 8192:
+            out.write("".join(lines))
+            lines.clear()
+    out.write("".join(lines))
 
 
 def plan_csv(plan: Plan) -> str:
     """The design table as CSV (``orchestrator plan --format csv``; also logged as the parent run's design artifact)."""
-    header, rows = plan_rows(plan)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    write_plan_csv(plan, buffer)
     return buffer.getvalue()
+
+
+def write_plan_json(plan: Plan, out: IO[str]) -> None:
+    """Write ``json.dumps(plan.to_dict(), indent=2)`` to ``out`` a chunk of trials at a time, without holding every trial's dict.
+
+    Each cell's trials share one template, made by ``json.dumps`` of a trial of the cell with
+    stand-ins for its numbers, so the text is the encoder's own.
+    """
+    head = plan._head()
+    marker = f"@trials-{uuid.uuid4().hex}@"
+    head["trials"] = marker
+    before, after = json.dumps(head, indent=2).split(json.dumps(marker))
+    out.write(before)
+    if not len(plan.trials):
+        out.write("[]" + after)
+        return
+    columns = plan.trials._columns
+    streams = list(plan.study.seed_streams)
+    stand_in = {name: f"@{name}-{uuid.uuid4().hex}@" for name in ("id", "replicate", "order")}
+    seed_stand_ins = {s: f"@seed-{i}-{uuid.uuid4().hex}@" for i, s in enumerate(streams)}
+    index_stand_ins = {s: f"@index-{i}-{uuid.uuid4().hex}@" for i, s in enumerate(streams)}
+    templates = []
+    for cell, levels, block in zip(columns.cells, columns.levels, columns.blocks):
+        sample = {
+            "trial_id": stand_in["id"], "cell_id": cell.cell_id, "replicate": stand_in["replicate"], "order": stand_in["order"],
+            "block": block, "levels": dict(levels), "seeds": dict(seed_stand_ins), "seed_index": dict(index_stand_ins),
+        }
+        text = "    " + json.dumps(sample, indent=2).replace("%", "%%").replace("\n", "\n    ")
+        text = text.replace(json.dumps(stand_in["id"]), '"t%015x"')
+        for placeholder in (stand_in["replicate"], stand_in["order"], *seed_stand_ins.values(), *index_stand_ins.values()):
+            text = text.replace(json.dumps(placeholder), "%d")
+        templates.append(text)
+    out.write("[\n")
+    lines: list[str] = []
+    first = True
+    for order, index, value, replicate, seed_values, index_values in plan.trials._rows_of_cells():
+        lines.append(("" if first else ",\n") + templates[index] % (value, replicate, order, *seed_values, *index_values))
+        first = False
+        if len(lines) >= 4096:
+            out.write("".join(lines))
+            lines.clear()
+    out.write("".join(lines) + "\n  ]" + after)
+
+
+def write_plan_table(plan: Plan, out: IO[str]) -> None:
+    """Write the design table as aligned text, one line per trial, a chunk at a time.
+
+    ``orchestrator plan`` draws small plans as a boxed table; a table of many thousands of
+    trials is written this way (the same columns and values) in about the time of the CSV.
+    """
+    study = plan.study
+    columns = plan.trials._columns
+    factors = study.factor_names
+    header = _header(plan)
+    trials = len(plan.trials)
+    levels = [[_short(values.get(f, "")) for f in factors] for values in columns.levels]
+    blocks = [_short(block) for block in columns.blocks]
+    seed_max = {s: int(column.max()) if trials else 0 for s, column in columns.seeds.items()}
+    widths = {
+        "order": len(str(max(trials - 1, 0))),
+        "block": max((len(b) for b in blocks), default=0),
+        "trial_id": len(id_text(0)),
+        "cell_id": max((len(c.cell_id) for c in columns.cells), default=0),
+        "replicate": len(str(int(columns.replicate.max()) if trials else 0)),
+        **{f: max((len(row[i]) for row in levels), default=0) for i, f in enumerate(factors)},
+        **{f"seed_{s}": len(str(seed_max[s])) for s in columns.seeds},
+    }
+    widths = {name: max(width, len(name)) for name, width in widths.items()}
+    out.write("  ".join(name.ljust(widths[name]) for name in header).rstrip() + "\n")
+    out.write("  ".join("-" * widths[name] for name in header) + "\n")
+    seeds = "".join(f"  %-{widths[f'seed_{s}']}d" for s in columns.seeds)
+    templates = []
+    for cell, level_text, block in zip(columns.cells, levels, blocks):
+        text = f"%-{widths['order']}d  "
+        if study.block_by:
+            text += block.replace("%", "%%").ljust(widths["block"]) + "  "
+        text += f"t%0{len(id_text(0)) - 1}x  " + cell.cell_id.ljust(widths["cell_id"]) + f"  %-{widths['replicate']}d"
+        text += "".join("  " + value.replace("%", "%%").ljust(widths[f]) for value, f in zip(level_text, factors))
+        templates.append(text + seeds)
+    lines: list[str] = []
+    for order, index, value, replicate, seed_values, _ in plan.trials._rows_of_cells():
+        lines.append((templates[index] % (order, value, replicate, *seed_values)).rstrip() + "\n")
+        if len(lines) >= 8192:
+            out.write("".join(lines))
+            lines.clear()
+    out.write("".join(lines))
+
+
+def _short(value: Any) -> str:
+    return fmt_number(value, 6) if isinstance(value, float) else str(value)

@@ -24,7 +24,7 @@ import collections
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 from ..design.trial import Resources, Trial, TrialResult, TrialState
 from ..errors import OrchestratorError
@@ -134,7 +134,7 @@ class Executor(abc.ABC):
         """Why the execution stopped early because of the cluster (a :class:`ClusterError`), else ``None``."""
         self._in_flight: dict[str, tuple[Trial, int]] = {}
         self._live_keys: dict[str, set[tuple[Any, ...]]] = {}
-        self._killed: dict[str, int] = {}
+        self._killed: dict[str, tuple[Trial, int]] = {}  # trial id -> (trial, its cancelled attempt)
 
     @property
     def in_flight(self) -> int:
@@ -165,24 +165,25 @@ class Executor(abc.ABC):
         except ClusterError:
             pass  # nothing to cancel with: what was in flight is reported all the same
         cancelled = list(self._in_flight.values())
-        self._killed.update({trial.trial_id: attempt for trial, attempt in cancelled})
+        self._killed.update({trial.trial_id: (trial, attempt) for trial, attempt in cancelled})
         self._in_flight.clear()
         return cancelled
 
-    def final_metrics(self) -> list[tuple[str, Batch]]:
-        """Metric batches of killed trials still on their way at the end, as ``(trial_id, batch)``.
+    def final_metrics(self) -> list[tuple[Trial, Batch]]:
+        """Metric batches of killed trials still on their way at the end, as ``(trial, batch)``.
 
         Finished and failed trials carry their whole curve in their result, so nothing of
         theirs is left here; batches of an attempt that was lost and retried are dropped.
         """
         out = []
         for trial_id, attempt, batch in self._leftover_metrics():
-            if self._killed.get(trial_id) == attempt:
+            killed = self._killed.get(trial_id)
+            if killed is not None and killed[1] == attempt:
                 seen = self._live_keys.setdefault(trial_id, set())
                 fresh = [p for p in batch if _point_key(p) not in seen]
                 seen.update(_point_key(p) for p in fresh)
                 if fresh:
-                    out.append((trial_id, fresh))
+                    out.append((killed[0], fresh))
         return out
 
     @abc.abstractmethod
@@ -208,16 +209,16 @@ class Executor(abc.ABC):
     def close(self) -> None:
         """Release what the executor holds (Ray is shut down only if it was started here)."""
 
-    def _deliver_live(self, by_id: Mapping[str, Trial]) -> None:
+    def _deliver_live(self) -> None:
         for trial_id, attempt, batch in self._live_metrics():
             current = self._in_flight.get(trial_id)
-            if trial_id not in by_id or current is None or current[1] != attempt:
+            if current is None or current[1] != attempt:
                 continue  # a lost attempt's late batch, or a trial already recorded: its result has the curve
             seen = self._live_keys.setdefault(trial_id, set())
             fresh = [p for p in batch if _point_key(p) not in seen]
             seen.update(_point_key(p) for p in fresh)
             if fresh:
-                self.on_metrics(by_id[trial_id], fresh)
+                self.on_metrics(current[0], fresh)
 
     def _unlogged(self, outcome: Outcome) -> Curve:
         """The part of a result's curve that did not already go out live."""
@@ -226,7 +227,7 @@ class Executor(abc.ABC):
 
     def run(
         self,
-        trials: Sequence[Trial],
+        trials: Iterable[Trial],
         *,
         retries: int,
         window: int,
@@ -237,6 +238,9 @@ class Executor(abc.ABC):
     ) -> bool:
         """Run ``trials`` (retrying within ``retries``); returns True if stopped early.
 
+        Trials are drawn from ``trials`` one at a time as the window has room (a plan's
+        :class:`~orchestrator.design.plan.TrialTable` builds each trial then), so only the
+        trials in flight are held here, whatever the size of the study.
         A trial that raises is retried up to ``retries`` times. An attempt lost with its
         worker or its node is retried too, at least once even with ``retries = 0``, and a
         node loss uses a retry only once per node. Each trial reaches ``on_done`` exactly
@@ -245,27 +249,32 @@ class Executor(abc.ABC):
         stops answering, :attr:`error` says why, in-flight trials reach ``on_killed`` and
         True is returned.
         """
-        pending = collections.deque(trials)
-        by_id = {t.trial_id: t for t in trials}
+        source = iter(trials)
+        exhausted = False
         charged: dict[str, int] = collections.defaultdict(int)
         lost_on: dict[str, set[str]] = collections.defaultdict(set)
         reasons: dict[str, list[str]] = collections.defaultdict(list)
         kinds: dict[str, set[str]] = collections.defaultdict(set)
         try:
-            while pending or self._in_flight:
+            while True:
                 if stop.is_set():
                     break
-                while pending and len(self._in_flight) < window and not stop.is_set():
-                    trial = pending.popleft()
+                while not exhausted and len(self._in_flight) < window and not stop.is_set():
+                    trial = next(source, None)
+                    if trial is None:
+                        exhausted = True
+                        break
                     self._in_flight[trial.trial_id] = (trial, 1)
                     self._submit(trial, 1)
+                if exhausted and not self._in_flight:
+                    break
                 for outcome in self._poll(0.25):
                     trial, attempt = outcome.trial, outcome.attempt
                     trial_id = trial.trial_id
                     self._in_flight.pop(trial_id, None)
                     cancelled = outcome.loss is Loss.CANCELLED or (outcome.result is None and stop.is_set())  # Ctrl-C may reach workers too
                     if cancelled or (outcome.result is not None and outcome.result.state is TrialState.KILLED):
-                        self._killed[trial_id] = attempt
+                        self._killed[trial_id] = (trial, attempt)
                         on_killed(trial, attempt)
                         continue
                     if outcome.result is None:
@@ -308,7 +317,7 @@ class Executor(abc.ABC):
                     outcome.retry_reasons = list(reasons.pop(trial_id, []))
                     kinds.pop(trial_id, None)
                     on_done(outcome)
-                self._deliver_live(by_id)
+                self._deliver_live()
                 tick(len(self._in_flight))
         except ClusterError as exc:
             self.error = str(exc)
