@@ -1,7 +1,22 @@
-"""Fault campaign on a real multi-node Ray cluster built on this machine (``ray start`` twice)
-and a real ``mlflow server``: a worker node lost mid-study, the head's worker processes
-killed, the MLflow server stopped briefly, a second driver. Each ends with exactly one
-FINISHED run per trial and no trial recorded twice.
+"""Fault campaign on a real multi-node Ray cluster built on this machine (``ray start``
+three times) and a real ``mlflow server``: a worker node lost mid-study, the head's worker
+processes killed, the MLflow server stopped briefly, a second driver on another host, and a
+GPU without enough free memory. Each ends with exactly one FINISHED run per trial and no
+trial recorded twice.
+
+One cluster and one server serve the whole module (starting them is most of its cost).
+The nodes advertise GPUs and GPU memory as real Ray resources (``ray start --num-gpus 1
+--resources '{"gpu_memory_gb": ...}'``), so Ray itself places GPU-memory trials; what the
+worker then finds free comes from a probe each node names (``ORCHESTRATOR_GPU_PROBE``, the
+boundary to torch on a machine without GPUs):
+
+==========  ================  =====================  ==========================================
+node        GPU memory (adv.)  free (probe)           for
+==========  ================  =====================  ==========================================
+head        24 GB             23.5 GB                the driver's relay; trials of every test
+small       8 GB              7.9 GB                 the worker node that is lost; too small for 20 GB
+busy        24 GB             12.3 GB                another process holds half its GPU
+==========  ================  =====================  ==========================================
 
 The drivers are real ``orchestrator run`` processes joining the cluster with ``--address``.
 Every process this module starts is stopped by its pid (never ``ray stop``): the cluster's
@@ -11,14 +26,17 @@ processes are found by the temp dir named on their command line, and their child
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,11 +102,49 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
 # -- a Ray cluster of real nodes -------------------------------------------------------------
 
 
+GPU_PROBE = """
+import os
+
+
+def free_gb():
+    \"\"\"What this node's GPU has free: the node's own setting (a stand-in for torch.cuda.mem_get_info).\"\"\"
+    return [float(os.environ["TEST_GPU_FREE_GB"])]
+"""
+
+GATED = """
+import os
+import time
+
+from orchestrator.workloads.synthetic import synthetic
+
+
+def gated(ctx):
+    \"\"\"The synthetic workload, held at its start while the file named by the study's `gate` exists (at most 120 s).\"\"\"
+    deadline = time.time() + 120
+    while os.path.exists(ctx.get("gate")) and time.time() < deadline:
+        time.sleep(0.1)
+    return synthetic(ctx)
+"""
+
+
+@dataclass(frozen=True)
+class Node:
+    """What a node of the test cluster advertises: a GPU with ``gpu_memory_gb`` of which the probe says ``free_gb`` is free."""
+
+    name: str
+    gpu_memory_gb: float
+    free_gb: float
+
+
+HEAD, SMALL, BUSY = Node("head", 24, 23.5), Node("small", 8, 7.9), Node("busy", 24, 12.3)
+
+
 class RayCluster:
-    """A head and worker nodes started with ``ray start`` (1 CPU each), with their own token and temp dir.
+    """A head and worker nodes started with ``ray start`` (1 CPU and 1 GPU each), with their own token and temp dir.
 
     Token authentication is on (Ray 2.6x); the cluster's own token travels in
-    ``RAY_AUTH_TOKEN``, so nothing is written to ``~/.ray``.
+    ``RAY_AUTH_TOKEN``, so nothing is written to ``~/.ray``. ``helpers`` (on every node's
+    and driver's ``PYTHONPATH``) holds the GPU probe and the gated workload.
     """
 
     def __init__(self, root: Path):
@@ -98,10 +154,14 @@ class RayCluster:
         self.root = root
         self.token = uuid.uuid4().hex
         self.port = free_port()
-        self.workers: list[int] = []  # node-manager ports of worker nodes started here
+        self.workers: dict[str, int] = {}  # node name -> node-manager port, for worker nodes started here
+        self.helpers = root / "helpers"
+        self.helpers.mkdir(exist_ok=True)
+        (self.helpers / "faults_gpu_probe.py").write_text(GPU_PROBE)
+        (self.helpers / "faults_gated.py").write_text(GATED)
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
-        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(self.helpers), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "ORCHESTRATOR_GPU_PROBE"):
             self.env.pop(name, None)
 
     @property
@@ -114,10 +174,12 @@ class RayCluster:
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
         ]
 
-    def _start(self, args: list[str], log: str) -> subprocess.Popen:
-        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats"]
-        out = open(self.root / log, "w")
-        return subprocess.Popen([RAY, "start", *args, *common, *self._ports()], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+    def _start(self, args: list[str], node: Node) -> subprocess.Popen:
+        common = ["--num-cpus", "1", "--num-gpus", "1", "--resources", json.dumps({"gpu_memory_gb": node.gpu_memory_gb}),
+                  "--node-ip-address", "127.0.0.1", "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats"]
+        env = {**self.env, "ORCHESTRATOR_GPU_PROBE": "faults_gpu_probe:free_gb", "TEST_GPU_FREE_GB": str(node.free_gb)}
+        out = open(self.root / f"{node.name}.log", "w")
+        return subprocess.Popen([RAY, "start", *args, *common, *self._ports()], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 preexec_fn=self._priority if self.boost else None)
 
     boost = False
@@ -130,37 +192,32 @@ class RayCluster:
         except OSError:
             pass
 
-    def start(self, workers: int = 1, tries: int = 5) -> None:
-        """Start the head, then ``workers`` worker nodes; on a busy machine a node may miss
-        Ray's 30 s start-up deadline, so a failed start is cleaned up and tried again."""
+    def start(self, workers: tuple[Node, ...] = (), tries: int = 5) -> None:
+        """Start the head, then the worker nodes (together). On a busy machine a node may miss
+        Ray's 30 s start-up deadline: a failed head is cleaned up and started again, a failed
+        worker node is started again under a new port (at a higher priority where allowed)."""
         for attempt in range(1, tries + 1):
-            try:
-                self._start_all(workers)
+            head = self._start(["--head", "--port", str(self.port), "--temp-dir", str(self.temp_dir), "--include-dashboard", "false",
+                                "--ray-client-server-port", str(free_port())], HEAD)
+            if head.wait(timeout=240) == 0:
+                break
+            self.stop()
+            self.boost = True
+            if attempt == tries:
+                raise AssertionError(f"ray start --head failed: {(self.root / 'head.log').read_text()[-3000:]}")
+        pending = list(workers)
+        for attempt in range(1, tries + 1):
+            starting = {}
+            for node in pending:
+                self.workers[node.name] = port = free_port()
+                starting[node] = self._start(["--address", self.address, "--node-manager-port", str(port)], node)
+            pending = [node for node, proc in starting.items() if proc.wait(timeout=240) != 0]
+            if not pending:
                 return
-            except AssertionError:
-                self.stop()
-                self.workers.clear()
-                self.boost = True
-                if attempt == tries:
-                    raise
-
-    def _start_all(self, workers: int) -> None:
-        head = self._start(["--head", "--port", str(self.port), "--temp-dir", str(self.temp_dir), "--include-dashboard", "false",
-                            "--ray-client-server-port", str(free_port())], "head.log")
-        if head.wait(timeout=240) != 0:
-            raise AssertionError(f"ray start --head failed: {(self.root / 'head.log').read_text()[-3000:]}")
-        for _ in range(workers):
-            self.add_worker()
-
-    def add_worker(self) -> int:
-        """Start one more worker node; returns its node-manager port (its name here)."""
-        port = free_port()
-        log = f"worker-{port}.log"
-        proc = self._start(["--address", self.address, "--node-manager-port", str(port)], log)
-        self.workers.append(port)
-        if proc.wait(timeout=240) != 0:
-            raise AssertionError(f"ray start (worker) failed: {(self.root / log).read_text()[-3000:]}")
-        return port
+            late = self.raylets()  # a raylet that missed the deadline may still be up: it must not join later
+            kill(descendants({late[self.workers[node.name]] for node in pending if self.workers[node.name] in late}))
+            self.boost = True
+        raise AssertionError(f"ray start (worker {pending[0].name}) failed: {(self.root / f'{pending[0].name}.log').read_text()[-3000:]}")
 
     def raylets(self) -> dict[int, int]:
         """Node-manager port -> raylet pid, for the live raylets of this cluster."""
@@ -173,12 +230,20 @@ class RayCluster:
                     out[int(port)] = pid
         return out
 
-    def head_raylet(self) -> int:
-        return next(pid for port, pid in self.raylets().items() if port not in self.workers)
+    def raylet(self, node: Node) -> int:
+        """The raylet pid of a node of this cluster."""
+        if node is HEAD:
+            return next(pid for port, pid in self.raylets().items() if port not in self.workers.values())
+        return self.raylets()[self.workers[node.name]]
 
     def tasks_on(self, raylet: int, prefix: str = "ray::trial-") -> list[int]:
         """Pids of worker processes of one node running a task titled ``prefix...``."""
         return [pid for pid in descendants({raylet}) if (_cmdline(pid) or [""])[0].startswith(prefix)]
+
+    def node_id(self, node: Node) -> str:
+        """The Ray node id of a node (from its raylet's command line)."""
+        args = _cmdline(self.raylet(node))
+        return next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
 
     def stop(self) -> None:
         roots = {pid for pid in _pids() if any(str(self.temp_dir) in a for a in _cmdline(pid))}
@@ -234,11 +299,11 @@ class MlflowServer:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and one worker node (1 CPU each), real ``ray start`` processes, stopped by pid at the end."""
+    """The head and two worker nodes (small, busy; 1 CPU and 1 GPU each), real ``ray start`` processes, stopped by pid at the end."""
     root = tmp_path_factory.mktemp("faults-cluster")
     ray_cluster = RayCluster(root)
     try:
-        ray_cluster.start(workers=1)
+        ray_cluster.start(workers=(SMALL, BUSY))
         yield ray_cluster
     finally:
         ray_cluster.stop()
@@ -255,10 +320,24 @@ def server(tmp_path_factory):
         mlflow_server.stop()
 
 
-def driver(cluster: RayCluster, server: MlflowServer, study: Path, **env: str) -> subprocess.Popen:
-    """``orchestrator run STUDY --address <the cluster> --tracking-uri <the server>``, as a user runs it."""
+def other_host_prefix() -> list[str] | None:
+    """A command prefix that runs a process under another host name (a UTS namespace), or None where
+    this machine allows none: as root ``unshare --uts``, else in a user namespace of its own."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    for flags in (["--uts"], ["--user", "--map-root-user", "--uts"]):
+        probe = subprocess.run([unshare, *flags, "sh", "-c", "hostname gpu-node-7 && hostname"], capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0 and probe.stdout.strip() == "gpu-node-7":
+            return [unshare, *flags, "sh", "-c", 'hostname gpu-node-7 && exec "$@"', "sh"]
+    return None
+
+
+def driver(cluster: RayCluster, server: MlflowServer, study: Path, prefix: list[str] | None = None, **env: str) -> subprocess.Popen:
+    """``orchestrator run STUDY --address <the cluster> --tracking-uri <the server>``, as a user runs it
+    (``prefix``: e.g. as if on another host, :func:`other_host_prefix`)."""
     command = [sys.executable, "-m", "orchestrator", "run", str(study), "--address", cluster.address, "--tracking-uri", server.url, "--no-progress"]
-    return subprocess.Popen(command, env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([*(prefix or []), *command], env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
@@ -477,7 +556,7 @@ def test_a_lost_worker_node_is_a_retried_trial_not_a_driver_crash(cluster, serve
 
     path = write_study("node_lost", {"A": list(range(8))}, LONG)
     study = load_study(path, "full")
-    worker = cluster.raylets()[cluster.workers[0]]
+    worker = cluster.raylet(SMALL)
     proc = driver(cluster, server, path)
     try:
         wait_for(lambda: cluster.tasks_on(worker), STARTUP_S, "a trial running on the worker node")
@@ -500,7 +579,7 @@ def test_killed_worker_processes_of_the_head_are_retried_and_the_relay_comes_bac
 
     path = write_study("head_workers_killed", {"A": list(range(6))}, LONG)
     study = load_study(path, "full")
-    head = cluster.head_raylet()
+    head = cluster.raylet(HEAD)
     proc = driver(cluster, server, path)
     killed: list[int] = []
     try:
@@ -529,7 +608,7 @@ def test_the_mlflow_server_stopped_briefly_loses_no_record(cluster, server, writ
     try:
         wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), STARTUP_S, "a first finished trial")
         server.stop()
-        time.sleep(3)
+        time.sleep(1)
         server.start()
     finally:
         output = finish(proc, timeout=240)
@@ -539,28 +618,53 @@ def test_the_mlflow_server_stopped_briefly_loses_no_record(cluster, server, writ
     assert execution_runs(server, study.name)[-1].info.status == "FINISHED"
 
 
+STUDY_WITH_RESOURCES = """
+from orchestrator import Factor, Study, Variant
+
+study = Study(name={name!r}, workload={workload!r}, factors=[Factor("A", {levels!r})], params={params!r},
+              metrics={{"response": "minimize"}}, seed=11, resources={resources!r},
+              variants={{"smoke": Variant(replicates=1), "full": Variant()}})
+"""
+
+
+def study_file(folder: Path, name: str, levels: list, params: dict, workload: str = "synthetic", resources: dict | None = None) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(STUDY_WITH_RESOURCES.format(name=name, workload=workload, levels=levels, params=params, resources=resources))
+    return path
+
+
 @pytest.mark.slow
-def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_stale(cluster, server, write_study):
+def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_stale(cluster, server, tmp_path):
+    """The first driver runs on "another host" (its own host name); its trials wait on a gate
+    file, so it is still running, however slowly a second driver starts, until the test has seen
+    the refusal. Killed without a word (a host lost, kill -9), its lease goes stale after its
+    time to live, and a third driver takes over and runs what is left (the gate is open by then)."""
     from orchestrator import load_study
 
-    path = write_study("second_driver", {"A": list(range(16))}, {**LONG, "duration_s": 3.0})  # still running when the second driver has started
+    gate = tmp_path / "gate"
+    gate.touch()
+    path = study_file(tmp_path, "second_driver", list(range(6)), {**LONG, "gate": str(gate)}, workload="faults_gated:gated")
     study = load_study(path, "full")
-    lease = {"ORCHESTRATOR_LEASE_TTL_S": "15"}  # short, yet safe from a renewal slowed by a busy machine
-    first = driver(cluster, server, path, **lease)
+    elsewhere = other_host_prefix()
+    lease = {"ORCHESTRATOR_LEASE_TTL_S": "8"}  # short, yet safe from a renewal slowed by a busy machine (renewed every 2 s)
+    first = driver(cluster, server, path, prefix=elsewhere, **lease)
     try:
-        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), STARTUP_S, "a first finished trial")
+        wait_for(lambda: any(cluster.tasks_on(raylet) for raylet in cluster.raylets().values()), STARTUP_S, "the first driver's trials")
         second = driver(cluster, server, path, **lease)
         refused = finish(second)
         assert second.returncode == 2, refused[-3000:]
         assert "is being executed by another driver" in refused and "lease renewed" in refused
+        assert ("(gpu-node-7:" in refused) == (elsewhere is not None)
         assert_one_line(refused)
-
-        # The first driver dies without a word (a host lost, kill -9): its lease goes stale. (A
-        # frozen, SIGSTOPped driver is not used here: the trials it had queued wait on it and keep
-        # the cluster's CPUs; the holder that wakes up and stops is tested on a real store above.)
+        gate.unlink()  # trials may finish from now on (the first driver may record some before it dies)
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(server, study.name)), STARTUP_S, "a first finished trial")
+        # The first driver dies without a word (a host lost, kill -9). (A frozen, SIGSTOPped driver
+        # is not used here: the trials it had queued wait on it and keep the cluster's CPUs; the
+        # holder that wakes up and stops is tested on a real store above.)
         first.kill()
         first.wait(timeout=60)
-        time.sleep(16)
+        if elsewhere is not None:  # another host's lease is stale only after its time to live (this host's: at once, its pid is gone)
+            time.sleep(8.5)
         third = driver(cluster, server, path, **lease)
         took_over = finish(third, timeout=400)
     finally:
@@ -572,4 +676,33 @@ def test_a_second_driver_refuses_while_the_lease_is_fresh_and_takes_over_once_st
     executions = execution_runs(server, study.name)
     assert [r.info.status for r in executions] == ["KILLED", "FINISHED"]
     # closed by the lease check (stale) or by the journal's replay of the dead driver's records
-    assert executions[0].data.tags["orchestrator.closed_by"].startswith(("stale: its lease", "orchestrator sync"))
+    closed_by = executions[0].data.tags["orchestrator.closed_by"]
+    assert closed_by.startswith(("stale: its lease", "orchestrator sync")), closed_by
+    if elsewhere is not None and closed_by.startswith("stale"):
+        assert re.match(r"stale: its lease \(held by gpu-node-7:\d+\) was last renewed \d+ s ago", closed_by), closed_by
+
+
+@pytest.mark.slow
+def test_a_gpu_without_the_free_memory_a_trial_needs_is_a_retried_loss_placed_elsewhere(cluster, server, tmp_path):
+    """Ray places 20 GB trials only on the nodes that advertise 24 GB (head, busy), never on the
+    8 GB node; on the busy node the worker finds 12.3 GB free and the attempt comes back as a
+    loss without running; its retry avoids that node and finishes on the head."""
+    from orchestrator import load_study
+
+    resources = {"cpus": 0.5, "gpus": 1, "gpu_memory_gb": 20}
+    path = study_file(tmp_path, "gpu_memory", list(range(4)), LONG, resources=resources)
+    study = load_study(path, "full")
+    busy = cluster.node_id(BUSY)
+    proc = driver(cluster, server, path)
+    output = finish(proc)
+    assert proc.returncode == 0, output[-3000:]
+    assert_one_line(output)
+    by_trial = assert_nothing_lost(server, study, LONG["metric_points"])
+    reasons = {t: r.data.tags.get("orchestrator.retry_reasons", "") for t, r in by_trial.items()}
+    refused = [why for why in reasons.values() if why]
+    # two trials start at once, one per 24 GB node (one GPU each): the busy node refuses one
+    assert refused, f"no trial reached the busy node: {reasons}"
+    assert all(why == f"gpu memory (12.3 GB free, 20 GB needed on node {busy[:12]})" for why in refused), refused  # once each: the retry went elsewhere
+    assert not any("7.9 GB" in why for why in reasons.values())  # the 8 GB node never got one
+    parent = execution_runs(server, study.name)[-1]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["retries_used"] == len(refused)
