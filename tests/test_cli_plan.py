@@ -74,3 +74,47 @@ def test_mlflow_folder_holds_no_python_and_does_not_shadow_the_package():
     assert result.returncode == 0, result.stderr
     location = Path(result.stdout.strip())
     assert location != ROOT / "mlflow" and "site-packages" in str(location)
+
+
+LARGE = '''
+from orchestrator import Factor, Study, Variant
+
+study = Study(name="large_plan", workload="synthetic", factors=[Factor("a", list(range(50))), Factor("b", ["x", "y, z", 'q"'])],
+              replicates=20, params={"note": "100%"}, metrics={"response": "minimize"}, block_by="b",
+              variants={"smoke": Variant(replicates=1), "full": Variant()})
+'''
+
+
+def test_a_large_plan_is_printed_as_text_and_streamed_as_csv_and_json(tmp_path):
+    """3,000 trials (over the boxed table's 2,000): every format has one row per trial, the same as the design table."""
+    from orchestrator import load_study, make_plan
+    from orchestrator.cli import BOXED_TRIALS_MAX
+    from orchestrator.design.plan import plan_rows
+
+    path = tmp_path / "large_plan.py"
+    path.write_text(LARGE)
+    plan = make_plan(load_study(path, "full"))
+    header, rows = plan_rows(plan)
+    assert len(rows) == 3000 > BOXED_TRIALS_MAX
+
+    table = run("-m", "orchestrator", "plan", str(path))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("order  block")))
+    assert "trials in run order (3000, as text" in lines[start - 1]
+    assert lines[start].split() == header and set(lines[start + 1].replace(" ", "")) == {"-"}
+    spans, at = [], 0
+    for dashes in lines[start + 1].split("  "):  # the rule under the header gives each column's width
+        spans.append((at, at + len(dashes)))
+        at += len(dashes) + 2
+    body = [[line[a:b].strip() for a, b in spans] for line in lines[start + 2:start + 2 + 3000]]
+    assert body == [[str(v) for v in row] for row in rows]
+
+    csv_out = run("-m", "orchestrator", "plan", str(path), "--format", "csv")
+    parsed = list(csv.reader(io.StringIO(csv_out.stdout)))
+    assert parsed[0] == header and parsed[1:] == [[str(v) for v in row] for row in rows]
+
+    json_out = run("-m", "orchestrator", "plan", str(path), "--format", "json")
+    data = json.loads(json_out.stdout)
+    assert data["counts"]["trials"] == 3000 and len(data["trials"]) == 3000
+    assert data == json.loads(json.dumps(plan.to_dict()))

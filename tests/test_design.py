@@ -201,3 +201,89 @@ def test_a_study_can_refuse_cells_whose_hyperparameters_change_meaning():
     reasons = {(e["levels"]["precision"], e["levels"]["beta2"]): e["reason"] for e in refused.excluded}
     assert ("bf16", 0.999) in reasons and reasons[("bf16", 0.999)].startswith("refuse_unrepresentable: beta2")
     assert ("fp32", 0.99) not in reasons and ("fp32", 0.999) not in reasons
+
+
+# -- plans at scale (#16): columns, not trial objects; ids and seeds unchanged ---------------------------------------
+
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from orchestrator.design.keys import SeedKey, TrialKey, id_text, id_value  # noqa: E402
+from orchestrator.design.plan import TrialTable, plan_csv, write_plan_json  # noqa: E402
+from orchestrator.ids import derive_seed, trial_id  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plan_cases import CASES, GOLDEN, fingerprint  # noqa: E402
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_plans_are_those_of_the_first_planner(case):
+    """Ids, seeds, seed indices, run order, blocks and the CSV / JSON text pinned before the columnar planner."""
+    golden = json.loads(GOLDEN.read_text())[case]
+    study = CASES[case]()
+    assert fingerprint(study) == golden
+    buffer = io.StringIO()
+    write_plan_json(make_plan(study), buffer)
+    assert hashlib.sha256(buffer.getvalue().encode()).hexdigest() == golden["json_sha256"]
+
+
+@pytest.mark.parametrize("params", [{}, {"lr": 0.1, "name": "a,\"b\"%{x}", "nested": {"z": [1, 2.5, None, True]}, "é": "ü"}])
+def test_templated_keys_hash_exactly_the_canonical_keys(params):
+    streams = ["init", "da\"ta", "%s{0}", "zeta", "A"]
+    key = TrialKey(params, streams)
+    rows = [(r, [r * 7919 + i * 104729 + (1 << 62) for i in range(len(streams))]) for r in range(5)]
+    for cell in ("c0123456789abcde", "c-\"odd\"-%d"):
+        values = key.values(cell, rows).tolist()
+        assert [id_text(v) for v in values] == [trial_id(cell, r, dict(zip(streams, seeds)), params) for r, seeds in rows]
+        assert [id_value(id_text(v)) for v in values] == values
+    for stream in streams:
+        seeds = SeedKey(123456789, stream)
+        assert [seeds.seed(i) for i in range(4)] == [derive_seed(123456789, stream, i) for i in range(4)]
+        assert seeds.seed(3, "c\"1%") == derive_seed(123456789, stream, 3, "c\"1%")
+    assert id_value("not-an-id") is None and id_value("tzzzzzzzzzzzzzzz") is None
+
+
+def test_the_trials_of_a_plan_are_a_lazy_sequence():
+    plan = make_plan(nested_study(replicates=3))
+    trials = plan.trials
+    assert isinstance(trials, TrialTable) and len(trials) == 18
+    built = list(trials)
+    assert [t.order for t in built] == list(range(18))
+    assert trials[-1] == built[-1] and [t.trial_id for t in trials[2:5]] == [t.trial_id for t in built[2:5]]
+    assert list(trials.trial_ids()) == [t.trial_id for t in built]
+    assert built[7] in trials and plan.trial(built[7].trial_id) == built[7]
+    with pytest.raises(KeyError, match=r"no trial 'tnope' in the plan of study 'nested'"):
+        plan.trial("tnope")
+    done = {built[0].trial_id, built[5].trial_id, "t-not-in-the-plan", ""}
+    todo = trials.without(done)
+    assert [t.order for t in todo] == [t.order for t in built if t.trial_id not in done]
+    assert len(todo) == 16 and built[5] not in todo and todo[0].order == 1
+    assert trials.without(set()) is trials
+
+
+def test_a_large_plan_holds_columns_not_trial_objects():
+    """20,000 trials: the planner's peak Python memory stays a small fraction of one Trial object per trial."""
+    study = Study(
+        name="large", workload="synthetic", factors=[Factor("a", list(range(100))), Factor("b", list(range(20)))], replicates=10,
+        metrics={"response": "minimize"}, variants=VARIANTS,
+    ).with_variant("full")
+    make_plan(study.with_variant("smoke"))  # imports and caches out of the measurement
+    tracemalloc.start()
+    plan = make_plan(study)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    tracemalloc.start()
+    materialised = list(plan.trials)  # what the first planner held: a Trial with its seed dicts per trial
+    _, held = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(plan.trials) == len(materialised) == 20_000
+    assert peak < 300 * 20_000 and peak < 0.4 * held, f"planning peaked at {peak / 20_000:.0f} bytes per trial; Trial objects take {held / 20_000:.0f}"
+    del materialised
+    first, last = plan.trials[0], plan.trials[len(plan.trials) - 1]
+    assert first.trial_id == trial_id(first.cell_id, first.replicate, first.seeds, first.params)
+    assert last.seeds["init"] == derive_seed(study.seed, "init", last.seed_index["init"])
+    assert plan_csv(plan).count("\n") == 20_001
