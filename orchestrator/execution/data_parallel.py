@@ -76,9 +76,11 @@ def dispatch(trial: Mapping[str, Any], attempt: int, resources: Any) -> dict[str
     (the study's :class:`~orchestrator.design.trial.Resources`) per worker; the setting
     ``worker_gpus`` raises each worker's GPUs (a study whose CPU variants share one
     resources spec asks for GPUs in its cluster variant this way)."""
+    from .node import custom_resources  # each worker reserves its GPU memory too
+
     gpus = max(float(resources.gpus), float(_config(trial).get("worker_gpus", 0) or 0))
     return run_data_parallel_trial(trial, attempt, cpus_per_worker=resources.cpus, gpus_per_worker=gpus,
-                                   memory_mb_per_worker=resources.memory_mb, custom_per_worker=resources.custom)
+                                   memory_mb_per_worker=resources.memory_mb, custom_per_worker=custom_resources(resources))
 
 
 def _worker_loop(config: dict[str, Any]) -> None:

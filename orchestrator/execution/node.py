@@ -32,15 +32,30 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
+from ..design.trial import Resources
 from ..errors import OrchestratorError
 
-__all__ = ["GPU_MEMORY", "NodeResourceError", "advertised", "gpu_memory_totals_gb", "main"]
+__all__ = ["GPU_MEMORY", "NodeResourceError", "advertised", "custom_resources", "gpu_memory_totals_gb", "main"]
 
 GPU_MEMORY = "gpu_memory_gb"
 """The Ray custom resource a node advertises its GPU memory as, and a trial reserves (GB)."""
 
 OVERRIDE = "RAY_OVERRIDE_RESOURCES"
 """Where Ray's cluster launcher passes a node type's resources to ``ray start`` (they win over ``--resources``)."""
+
+
+def custom_resources(resources: Resources) -> dict[str, float]:
+    """The custom Ray resources one trial (or one data-parallel worker) reserves: the study's
+    ``custom``, and its GPU memory per GPU as :data:`GPU_MEMORY`.
+
+    Example:
+        >>> custom_resources(Resources(gpus=2, gpu_memory_gb=20, custom={"spot": 1}))
+        {'spot': 1, 'gpu_memory_gb': 40.0}
+    """
+    custom = dict(resources.custom)
+    if resources.gpu_memory_gb:
+        custom[GPU_MEMORY] = float(resources.gpu_memory_gb) * max(1.0, resources.gpus)
+    return custom
 
 
 class NodeResourceError(OrchestratorError):

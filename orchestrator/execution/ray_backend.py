@@ -39,7 +39,7 @@ from typing import Any, Mapping
 from ..design.trial import Resources, Trial, TrialResult
 from ..errors import OrchestratorError
 from .executor import ClusterError, Executor, Loss, Outcome
-from .node import GPU_MEMORY
+from .node import GPU_MEMORY, custom_resources
 from .worker import Batch
 
 __all__ = ["RayAddressError", "RayConnection", "RayExecutor", "RayRunner", "connect", "custom_resources", "slots_for", "wanted"]
@@ -123,19 +123,6 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return dict(ray.cluster_resources())
-
-
-def custom_resources(resources: Resources) -> dict[str, float]:
-    """The custom Ray resources one trial reserves: the study's, and its GPU memory per GPU.
-
-    Example:
-        >>> custom_resources(Resources(gpus=2, gpu_memory_gb=20, custom={"spot": 1}))
-        {'spot': 1, 'gpu_memory_gb': 40.0}
-    """
-    custom = dict(resources.custom)
-    if resources.gpu_memory_gb:
-        custom[GPU_MEMORY] = float(resources.gpu_memory_gb) * max(1.0, resources.gpus)
-    return custom
 
 
 def wanted(resources: Resources) -> dict[str, float]:
