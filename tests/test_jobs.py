@@ -95,7 +95,8 @@ def _tree_under(marker: str) -> list[int]:
 
 
 def _stop_head(temp_dir: str) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM the head's processes, SIGKILL what is left after 3 s (polled: most exit at once)."""
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
         pids = _tree_under(temp_dir)
         if not pids:
             return
@@ -104,7 +105,16 @@ def _stop_head(temp_dir: str) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        time.sleep(2)
+        deadline = time.time() + grace
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in pids):
+            time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return "zombie" if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" else "alive"
+    except (OSError, IndexError):
+        return "zombie"
 
 
 def server_command(port: int, folder: Path) -> list[str]:
@@ -202,34 +212,37 @@ class Job:
 
 @pytest.fixture(scope="module")
 def jobs(cluster, tmp_path_factory):
-    """The four submissions, at once (their drivers need no CPU; their trials share the head's one)."""
+    """The four submissions, at once (their drivers need no CPU; their trials share the head's one).
+
+    The three that need nothing prepared go first; the crontab's store gets its first
+    execution and its line while they run, then the cron job joins them.
+    """
     tmp = tmp_path_factory.mktemp("jobs")
-    cron_store = f"sqlite:///{tmp / 'cron' / 'mlflow.db'}"
-    # a first execution in the crontab's store, so its `compare --baseline previous` has one
-    run_study(load_study(REPO / STUDY, "smoke"), tracking_uri=cron_store, in_process=True, progress=False)
-    readme_line = next(c for c in readme_block("### One machine") if "--format crontab" in c)
-    words = [STUDY if w == "studies/adam_precision.py" else w for w in shlex.split(readme_line)]
-    scheduled = subprocess.run(
-        [str(VENV_BIN / words[0]), *words[1:], "--variant", "smoke", "--address", cluster.dashboard, "--tracking-uri", cron_store],
-        cwd=REPO, env=activated_env(), capture_output=True, text=True, timeout=120,
-    )
-    assert scheduled.returncode == 0, scheduled.stderr
-    cron_line = scheduled.stdout.strip()
-    fields = cron_line.split(" ", 5)
     bare = python_without_mlflow(tmp / "bare")
     readme = readme_submit_line(cluster)
     no_uri = re.sub(r" --runtime-env-json '[^']*'", "", readme)
     assert no_uri != readme and "MLFLOW_TRACKING_URI" not in no_uri
     no_mlflow = readme.replace("-- python ", f"-- {bare} ")
-    commands = {
-        "readme": (readme, activated_env()),
-        "no_uri": (no_uri, activated_env()),
-        "no_mlflow": (no_mlflow, activated_env()),
-        # cron runs the line with sh and almost no environment
-        "cron": (fields[5].replace("\\%", "%"), {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "SHELL": "/bin/sh"}),
-    }
-    procs = {name: subprocess.Popen(["sh", "-c", command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name, (command, env) in commands.items()}
+    commands = {"readme": (readme, activated_env()), "no_uri": (no_uri, activated_env()), "no_mlflow": (no_mlflow, activated_env())}
+
+    def submit(name: str) -> subprocess.Popen[str]:
+        command, env = commands[name]
+        return subprocess.Popen(["sh", "-c", command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    procs = {name: submit(name) for name in commands}
+    cron_store = f"sqlite:///{tmp / 'cron' / 'mlflow.db'}"
+    # a first execution in the crontab's store, so its `compare --baseline previous` has one
+    run_study(load_study(REPO / STUDY, "smoke"), tracking_uri=cron_store, in_process=True, progress=False)
+    readme_line = next(c for c in readme_block("### One machine") if "--format crontab" in c)
+    words = [STUDY if w == "studies/adam_precision.py" else w for w in shlex.split(readme_line)]
+    assert words[0] == "orchestrator"
+    scheduled = CliRunner().invoke(main, [*words[1:], "--variant", "smoke", "--address", cluster.dashboard, "--tracking-uri", cron_store])
+    assert scheduled.exit_code == 0, scheduled.output
+    cron_line = scheduled.stdout.strip()
+    fields = cron_line.split(" ", 5)
+    # cron runs the line with sh and almost no environment
+    commands["cron"] = (fields[5].replace("\\%", "%"), {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "SHELL": "/bin/sh"})
+    procs["cron"] = submit("cron")
     results = {}
     for name, proc in procs.items():
         output, _ = proc.communicate(timeout=400)
