@@ -264,13 +264,18 @@ class MlflowServer:
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300) -> None:
+    def start(self, timeout: float = 300, wait: bool = True) -> None:
+        """Start the server; wait until it answers unless ``wait`` is False (then call :meth:`wait`)."""
         log = open(self.root / "mlflow-server.log", "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
              "--artifacts-destination", str(self.root / "server" / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 300) -> None:
         wait_for(self.healthy, timeout, "the mlflow server to answer /health", every=0.5)
 
     def healthy(self) -> bool:
@@ -298,7 +303,18 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def launched_server(tmp_path_factory):
+    """The module's ``mlflow server``, launched first so that it starts while the cluster does."""
+    mlflow_server = MlflowServer(tmp_path_factory.mktemp("faults-mlflow"))
+    try:
+        mlflow_server.start(wait=False)
+        yield mlflow_server
+    finally:
+        mlflow_server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(launched_server, tmp_path_factory):
     """The head and two worker nodes (small, busy; 1 CPU and 1 GPU each), real ``ray start`` processes, stopped by pid at the end."""
     root = tmp_path_factory.mktemp("faults-cluster")
     ray_cluster = RayCluster(root)
@@ -310,14 +326,10 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real ``mlflow server`` for the module (a SQLite backend); tests may stop and start it."""
-    mlflow_server = MlflowServer(tmp_path_factory.mktemp("faults-mlflow"))
-    try:
-        mlflow_server.start()
-        yield mlflow_server
-    finally:
-        mlflow_server.stop()
+def server(launched_server):
+    """A real ``mlflow server`` for the module (a SQLite backend), answering; tests may stop and start it."""
+    launched_server.wait()
+    return launched_server
 
 
 def other_host_prefix() -> list[str] | None:
