@@ -168,3 +168,15 @@ def test_a_refusal_is_retried_on_other_nodes_free_and_charged_when_a_node_refuse
     assert "attempt 4 of this trial was lost (gpu memory: GPU_MEMORY: scripted); no result came back and its retries are used up" in outcome.result.error
     assert executor.retried == {"gpu memory": 1} and executor.retries_used == 3
     assert next(o for o in done if o.trial.trial_id == other).result.state.value == "FINISHED"
+
+
+def test_a_ray_without_the_advertised_memory_refuses_and_says_how_nodes_advertise_it(ray_session):
+    from orchestrator.design.trial import Resources
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.execution.ray_backend import RayExecutor
+
+    with pytest.raises(OrchestratorError, match=(
+        r"each trial asks for 1 GPU \(cluster has 0\), 20 gpu_memory_gb \(cluster has 0\): expected the embedded Ray to have that much\. "
+        r".*Nodes advertise GPU memory as the resource gpu_memory_gb: start them with "
+        r"ray start --resources=\"\$\(python -m orchestrator\.execution\.node\)\" \(cluster\.yaml does\)\.")):
+        RayExecutor(resources=Resources(gpus=1, gpu_memory_gb=20))
