@@ -8,9 +8,17 @@ points each. Paths (each a row of the table):
 * ``orch-server-sqlite`` / ``orch-server-postgres``: ``run_study`` against a real local
   ``mlflow server`` (``--workers`` processes) whose backend store is SQLite, or a private
   PostgreSQL cluster started here from Debian's binaries (``initdb`` in a temp folder, a
-  free port; torn down at the end);
+  free port; torn down at the end); the row ``...-inprocess`` runs the same trials in the
+  driver (no Ray), which separates the recording path from Ray's dispatch sharing the CPUs;
 * ``server-capacity-Nt``: what that server takes from the plain MLflow client, N threads,
-  one record = ``create_run`` + ``log_batch`` (the curve) + ``set_terminated``;
+  one record = ``create_run`` + ``log_batch`` (the curve) + ``set_terminated``; measured
+  before and after the orchestrator rows (the machine's load drifts), and ``ratio`` is an
+  orchestrator row's records/s over the best capacity of the same server in the same run.
+
+Each server is warmed up first (a few untimed records from 8 threads: its workers import
+lazily on their first requests) and runs without MLflow's job runner
+(``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: background consumers nothing here uses, which
+on 2 cores take CPU from the server); both apply to every path alike.
 * ``tune-default`` / ``tune-reuse``: Ray Tune ``Tuner`` over the same grid, no logging,
   defaults and ``reuse_actors=True``;
 * ``tune-mlflow``: Ray Tune (``reuse_actors=True``) with its ``MLflowLoggerCallback`` into
@@ -53,8 +61,12 @@ from orchestrator import Factor, Study, Variant, make_plan  # noqa: E402
 PATHS = [
     "orch-sqlite",
     "orch-server-sqlite",
+    "orch-server-sqlite-inprocess",
     "server-capacity-sqlite",
+    "durable-server-sqlite",
     "orch-server-postgres",
+    "orch-server-postgres-inprocess",
+    "durable-server-postgres",
     "server-capacity-postgres",
     "tune-default",
     "tune-reuse",
@@ -119,10 +131,11 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         folder.mkdir(parents=True, exist_ok=True)
         self.log = open(folder / "server.log", "w")
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", str(folder / "artifacts"),
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
         deadline = time.time() + 300
         while True:
@@ -147,16 +160,47 @@ class MlflowServer:
 # -- the paths -----------------------------------------------------------------------------
 
 
-def orchestrated(study: Study, uri: str) -> dict[str, Any]:
+def orchestrated(study: Study, uri: str, in_process: bool = False) -> dict[str, Any]:
     from orchestrator.execution import run_study
 
     start = time.perf_counter()
-    summary = run_study(study, tracking_uri=uri, progress=False)
+    summary = run_study(study, tracking_uri=uri, progress=False, in_process=in_process, trial_runs="per-trial")
     elapsed = time.perf_counter() - start
     n = len(make_plan(study).trials)
     if summary.finished != n or summary.errors:
         raise RuntimeError(f"orchestrator run incomplete: {summary.line()} {summary.errors[:3]}")
     return {"s": elapsed, "records": n}
+
+
+def durable(uri: str, n: int, points: int, replicates: int = 10) -> dict[str, Any]:
+    """The durable record alone: ``n`` finished trials (``points``-point curves) through the recorder recording per cell.
+
+    Times how fast trials become durable (journal, fsync'd, and the results table's rows) -
+    what a study waits on - and, separately, the end of the execution (the table uploaded,
+    one run per cell of ``replicates`` trials, the parent closed).
+    """
+    from orchestrator.design.trial import TrialResult, TrialState
+    from orchestrator.records import ExecutionRecorder, open_store
+
+    study = Study(
+        name=f"durable_{time.time_ns()}", workload="synthetic", factors=[Factor("i", list(range(max(1, n // replicates))))],
+        replicates=replicates, metrics={"response": "minimize"}, variants={"smoke": Variant(), "full": Variant()},
+    ).with_variant("full")
+    recorder = ExecutionRecorder(open_store(uri), make_plan(study), trial_runs="per-cell")
+    trials = recorder.begin()
+    start = time.perf_counter()
+    for k, trial in enumerate(trials):
+        now = int(time.time() * 1000)
+        curve = [(step, {"loss": 1.0 / (step + 1)}, now) for step in range(points)]
+        result = TrialResult(trial_id=trial.trial_id, state=TrialState.FINISHED, metrics={"response": float(k % 7), "wall_time_s": 0.01, "diverged": 0.0})
+        recorder.trial_done(trial, result, curve, started_ms=now)
+    recorder.flush()
+    journaled = time.perf_counter() - start
+    pending = recorder.close("FINISHED", {"trials_finished": len(trials)})
+    total = time.perf_counter() - start
+    if pending:
+        raise RuntimeError(f"{pending} records pending: {recorder.errors[:3]}")
+    return {"s": journaled, "records": len(trials), "close_s": round(total - journaled, 2), "cells": len(trials) // replicates}
 
 
 def capacity(uri: str, threads: int, records: int, points: int) -> dict[str, Any]:
@@ -338,6 +382,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workers", type=int, default=4, help="mlflow server worker processes")
     parser.add_argument("--capacity-records", type=int, default=200)
+    parser.add_argument("--durable-trials", type=int, default=5000, help="trials through the journal + results table alone (durable-server-*)")
     parser.add_argument("--capacity-threads", default="1,8,16")
     parser.add_argument("--tune-default-trials", type=int, default=60, help="Tune with defaults starts an actor per trial: fewer trials, the same per-trial cost")
     parser.add_argument("--only", choices=PATHS, action="append")
@@ -393,7 +438,7 @@ def main() -> None:
             open_store(uri)  # the tables, once (a one-off), outside the timing
             record("orch-sqlite", lambda: orchestrated(make_study(f"sqlite_{time.time_ns()}", n, args.duration, args.points), uri), n)
         for backend in ("sqlite", "postgres"):
-            if f"orch-server-{backend}" not in wanted and f"server-capacity-{backend}" not in wanted:
+            if not any(p.endswith(backend) or f"-{backend}-" in p for p in wanted if p.startswith(("orch-server", "server-capacity", "durable"))):
                 continue
             try:
                 if backend == "postgres":
@@ -408,11 +453,25 @@ def main() -> None:
                 rows.append({"path": f"orch-server-{backend}", "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
+            capacity(server.url, 8, 16, args.points)  # warm-up, untimed: the server's workers import on first use
+            threads_list = [int(t) for t in args.capacity_threads.split(",")]
+            if f"server-capacity-{backend}" in wanted:
+                for threads in threads_list:
+                    record(f"server-capacity-{backend}-{threads}t", lambda: capacity(server.url, threads, args.capacity_records, args.points), 0)
             if f"orch-server-{backend}" in wanted:
                 record(f"orch-server-{backend}", lambda: orchestrated(make_study(f"server_{backend}_{time.time_ns()}", n, args.duration, args.points), server.url), n)
+            if f"orch-server-{backend}-inprocess" in wanted:
+                record(f"orch-server-{backend}-inprocess",
+                       lambda: orchestrated(make_study(f"inproc_{backend}_{time.time_ns()}", n, args.duration, args.points), server.url, in_process=True), n)
+            if f"durable-server-{backend}" in wanted:
+                record(f"durable-server-{backend}", lambda: durable(server.url, args.durable_trials, args.points), 0)
             if f"server-capacity-{backend}" in wanted:
-                for threads in (int(t) for t in args.capacity_threads.split(",")):
-                    record(f"server-capacity-{backend}-{threads}t", lambda: capacity(server.url, threads, args.capacity_records, args.points), 0)
+                threads = max(threads_list)
+                record(f"server-capacity-{backend}-{threads}t-after", lambda: capacity(server.url, threads, args.capacity_records, args.points), 0)
+            best = max((r.get("records_per_s", 0.0) for r in rows if r["path"].startswith(f"server-capacity-{backend}-")), default=0.0)
+            for r in rows:
+                if r["path"].startswith(f"orch-server-{backend}") and best and "records_per_s" in r:
+                    r["ratio"] = round(r["records_per_s"] / best, 2)
             server.stop()
             stops.remove(server.stop)
         if "tune-default" in wanted:
@@ -462,14 +521,18 @@ def render(rows: list[dict[str, Any]], extras: dict[str, Any], args: argparse.Na
         f"Command: `python bench/bench_records.py --trials {args.trials} --duration {args.duration} --points {args.points}`; "
         f"{args.trials} trials x {args.duration * 1000:g} ms (sleep), {args.points} metric points each; ideal {ideal:.2f} s.",
         "",
-        "| path | records | time s | per record ms | records/s | efficiency (ideal / time) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| path | records | time s | per record ms | records/s | efficiency (ideal / time) | ratio to the server's capacity |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['path']} | - | - | - | - | failed: {r['error']} |")
+            lines.append(f"| {r['path']} | - | - | - | - | failed: {r['error']} | - |")
             continue
-        lines.append(f"| {r['path']} | {r['records']} | {r['s']} | {r['per_record_ms']} | {r['records_per_s']} | {r.get('eff', '-')} |")
+        if r["path"].startswith("durable"):
+            lines.append(f"| {r['path']} (journal + results table; then {r['cells']} cell runs and the upload in {r['close_s']} s) | {r['records']} | {r['s']} | "
+                         f"{r['per_record_ms']} | {r['records_per_s']} | - | - |")
+            continue
+        lines.append(f"| {r['path']} | {r['records']} | {r['s']} | {r['per_record_ms']} | {r['records_per_s']} | {r.get('eff', '-')} | {r.get('ratio', '-')} |")
     if "startup" in extras:
         s = extras["startup"]
         lines += ["", f"Start-up: `orchestrator run` to the first trial {s['to_first_trial_s']} s (whole 2-trial command {s['command_s']} s); "

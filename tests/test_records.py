@@ -189,6 +189,14 @@ def test_writer_pool_keeps_a_trials_jobs_in_order_and_gives_up_past_the_budget()
     pool.flush()
     assert all(v == sorted(v) for v in seen.values()) and sum(len(v) for v in seen.values()) == 40
 
+    # one slow call holds up only its own key: the other writer takes every other trial meanwhile
+    pair, order = WriterPool(2, retry_budget_s=1.0), []
+    pair.put("slow", lambda: (time.sleep(0.5), order.append("slow")))
+    for i in range(20):
+        pair.put(f"k{i}", lambda i=i: order.append(f"k{i}"))
+    pair.close()
+    assert order[-1] == "slow" and len(order) == 21
+
     calls = {"n": 0}
 
     def down() -> None:
