@@ -16,7 +16,6 @@ import csv
 import io
 import itertools
 import json
-import random
 import uuid
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from ..definition.designs import (
 from ..formatting import fmt_number
 from ..ids import canonical_json, cell_id as make_cell_id, derive_seed
 from .keys import SeedKey, TrialKey, id_text, id_value
+from .shuffle import shuffled
 from .trial import Trial
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ class _Columns:
     levels: Sequence[Mapping[str, Any]]  # per cell: one dict its trials share
     blocks: Sequence[str | None]  # per cell
     params: Mapping[str, Any]  # one dict every trial shares
+    seeds_by_replicate: Sequence[Sequence[int]] | None = None  # when no stream depends on the cell: seeds (stream order) per replicate
 
 
 class TrialTable(SequenceABC[Trial]):
@@ -217,17 +218,24 @@ class TrialTable(SequenceABC[Trial]):
             retries=study.retries,
         )
 
-    def _rows_of_cells(self) -> Iterator[tuple[int, int, int, int, list[int], list[int]]]:
-        """``(order, cell index, id number, replicate, seeds, seed indices)`` per trial, as Python ints (the design table's writers)."""
+    def _chunks(self, fields: Sequence[str], size: int = 16384) -> Iterator[tuple[list[int], list[tuple[int, ...]]]]:
+        """Per chunk of trials: their cell indices, and per trial the numbers named by ``fields``
+        (``order``, ``id``, ``replicate``, ``seeds``: one per stream, ``seed_index``: likewise) as Python ints."""
         c = self._columns
         rows = self._positions()
-        streams = list(c.seeds)
-        for start in range(0, len(rows), 16384):
-            chunk = rows[start:start + 16384]
-            seeds = [c.seeds[s][chunk].tolist() for s in streams]
-            indices = [c.seed_index[s][chunk].tolist() for s in streams]
-            for k, (position, cell, value, replicate) in enumerate(zip(chunk.tolist(), c.cell[chunk].tolist(), c.ids[chunk].tolist(), c.replicate[chunk].tolist())):
-                yield position, cell, value, replicate, [col[k] for col in seeds], [col[k] for col in indices]
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            parts: list[list[int]] = []
+            for name in fields:
+                if name == "order":
+                    parts.append(chunk.tolist())
+                elif name == "id":
+                    parts.append(c.ids[chunk].tolist())
+                elif name == "replicate":
+                    parts.append(c.replicate[chunk].tolist())
+                else:
+                    parts.extend(column[chunk].tolist() for column in (c.seeds if name == "seeds" else c.seed_index).values())
+            yield c.cell[chunk].tolist(), list(zip(*parts))
 
 
 @dataclass
@@ -457,8 +465,10 @@ def _trial_table(study: "Study", cells: Sequence[Cell]) -> TrialTable:
 
     trial_key = TrialKey(study.params, streams)
     common = None  # when no stream depends on the cell, the keys' replicate-and-seeds parts are encoded once
+    by_replicate = None
     if n_cells and study.tuning is None and len(shared) == len(streams):
-        common = [trial_key.suffix(r, row) for r, row in enumerate(combinations(0))]
+        by_replicate = combinations(0)
+        common = [trial_key.suffix(r, row) for r, row in enumerate(by_replicate)]
     ids = np.empty(n_cells * n_combos, dtype=np.uint64)
     for c, cell in enumerate(cells):
         if common is None:
@@ -478,6 +488,7 @@ def _trial_table(study: "Study", cells: Sequence[Cell]) -> TrialTable:
         levels=[dict(cell.levels) for cell in cells],
         blocks=[_block(study, cell.levels) for cell in cells],
         params=dict(study.params),
+        seeds_by_replicate=by_replicate,
     )
     return TrialTable(columns)
 
@@ -489,25 +500,25 @@ def _block(study: "Study", levels: Mapping[str, Any]) -> str | None:
 def _run_order(study: "Study", cells: Sequence[Cell], n_combos: int) -> "np.ndarray":
     """Positions (cell index x ``n_combos`` + combination) in run order.
 
-    The shuffles are those of the first planner, which shuffled a list of trials: the same
-    ``random.Random`` and list length give the same permutation, so run orders are unchanged.
+    The shuffles are those of the first planner, which shuffled a list of trials with
+    ``random.Random``: the permutation depends only on the seed and the length, and
+    :func:`.shuffle.shuffled` gives the same one (fast), so run orders are unchanged.
     """
     n = len(cells) * n_combos
     if not study.run_order.shuffles:
         return np.arange(n, dtype=np.int64)
     if study.block_by is None:
-        shuffled = list(range(n))
-        random.Random(derive_seed(study.seed, "run_order", 0)).shuffle(shuffled)
-        return np.array(shuffled, dtype=np.int64)
+        return shuffled(n, derive_seed(study.seed, "run_order", 0))
     factor = study.factor(study.block_by)
     keys = [canonical_json(cell.levels[factor.name]) for cell in cells]
-    ordered: list[int] = []
+    combos = np.arange(n_combos, dtype=np.int64)
+    ordered = []
     for position, level in enumerate(factor.all_levels):
         wanted = canonical_json(level)
-        block = [c * n_combos + r for c, key in enumerate(keys) if key == wanted for r in range(n_combos)]
-        random.Random(derive_seed(study.seed, "run_order", position)).shuffle(block)
-        ordered.extend(block)
-    return np.array(ordered, dtype=np.int64)
+        members = np.array([c for c, key in enumerate(keys) if key == wanted], dtype=np.int64)
+        block = (members[:, None] * n_combos + combos[None, :]).reshape(-1)
+        ordered.append(block[shuffled(len(block), derive_seed(study.seed, "run_order", position))])
+    return np.concatenate(ordered) if ordered else np.empty(0, dtype=np.int64)
 
 
 # -- the design table ------------------------------------------------------------------------
@@ -563,13 +574,14 @@ def write_plan_csv(plan: Plan, out: IO[str]) -> None:
         fields = _csv_fields([cell.cell_id]).replace("%", "%%")
         level_text = _csv_fields([levels.get(f, "") for f in study.factor_names]).replace("%", "%%")
         templates.append(head + "t%015x," + fields + ",%d" + ("," + level_text if study.factor_names else "") + seeds)
-    lines: list[str] = []
-    for order, index, value, replicate, seed_values, _ in plan.trials._rows_of_cells():
-        lines.append(templates[index] % (order, value, replicate, *seed_values))
-        if len(lines) >= 8192:
-            out.write("".join(lines))
-            lines.clear()
-    out.write("".join(lines))
+    if columns.seeds_by_replicate is not None:  # the seeds' text once per replicate: formatting 19-digit numbers is most of a row's cost
+        texts = [seeds % tuple(row) for row in columns.seeds_by_replicate]
+        templates = [t[:-len(seeds)] + "%s" for t in templates]
+        for cells, values in plan.trials._chunks(("order", "id", "replicate")):
+            out.write("".join([templates[c] % (o, i, r, texts[r]) for c, (o, i, r) in zip(cells, values)]))
+        return
+    for cells, values in plan.trials._chunks(("order", "id", "replicate", "seeds")):
+        out.write("".join([templates[c] % v for c, v in zip(cells, values)]))
 
 
 def plan_csv(plan: Plan) -> str:
@@ -610,15 +622,11 @@ def write_plan_json(plan: Plan, out: IO[str]) -> None:
             text = text.replace(json.dumps(placeholder), "%d")
         templates.append(text)
     out.write("[\n")
-    lines: list[str] = []
-    first = True
-    for order, index, value, replicate, seed_values, index_values in plan.trials._rows_of_cells():
-        lines.append(("" if first else ",\n") + templates[index] % (value, replicate, order, *seed_values, *index_values))
-        first = False
-        if len(lines) >= 4096:
-            out.write("".join(lines))
-            lines.clear()
-    out.write("".join(lines) + "\n  ]" + after)
+    separator = ""
+    for cells, values in plan.trials._chunks(("id", "replicate", "order", "seeds", "seed_index"), size=4096):
+        out.write(separator + ",\n".join([templates[c] % v for c, v in zip(cells, values)]))
+        separator = ",\n"
+    out.write("\n  ]" + after)
 
 
 def write_plan_table(plan: Plan, out: IO[str]) -> None:
@@ -648,6 +656,8 @@ def write_plan_table(plan: Plan, out: IO[str]) -> None:
     out.write("  ".join(name.ljust(widths[name]) for name in header).rstrip() + "\n")
     out.write("  ".join("-" * widths[name] for name in header) + "\n")
     seeds = "".join(f"  %-{widths[f'seed_{s}']}d" for s in columns.seeds)
+    if columns.seeds:  # the last column unpadded: no trailing blanks to strip
+        seeds = seeds[:seeds.rindex("%")] + "%d"
     templates = []
     for cell, level_text, block in zip(columns.cells, levels, blocks):
         text = f"%-{widths['order']}d  "
@@ -656,13 +666,18 @@ def write_plan_table(plan: Plan, out: IO[str]) -> None:
         text += f"t%0{len(id_text(0)) - 1}x  " + cell.cell_id.ljust(widths["cell_id"]) + f"  %-{widths['replicate']}d"
         text += "".join("  " + value.replace("%", "%%").ljust(widths[f]) for value, f in zip(level_text, factors))
         templates.append(text + seeds)
-    lines: list[str] = []
-    for order, index, value, replicate, seed_values, _ in plan.trials._rows_of_cells():
-        lines.append((templates[index] % (order, value, replicate, *seed_values)).rstrip() + "\n")
-        if len(lines) >= 8192:
-            out.write("".join(lines))
-            lines.clear()
-    out.write("".join(lines))
+    if columns.seeds_by_replicate is not None and columns.seeds:  # as in write_plan_csv: the seeds' text once per replicate
+        texts = [seeds % tuple(row) for row in columns.seeds_by_replicate]
+        templates = [t[:-len(seeds)] + "%s" for t in templates]
+        for cells, values in plan.trials._chunks(("order", "id", "replicate")):
+            out.write("\n".join([templates[c] % (o, i, r, texts[r]) for c, (o, i, r) in zip(cells, values)]) + "\n")
+        return
+    ends = bool(columns.seeds)
+    for cells, values in plan.trials._chunks(("order", "id", "replicate", "seeds")):
+        if ends:
+            out.write("\n".join([templates[c] % v for c, v in zip(cells, values)]) + "\n")
+        else:
+            out.write("".join([(templates[c] % v).rstrip() + "\n" for c, v in zip(cells, values)]))
 
 
 def _short(value: Any) -> str:
