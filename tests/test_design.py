@@ -287,3 +287,16 @@ def test_a_large_plan_holds_columns_not_trial_objects():
     assert first.trial_id == trial_id(first.cell_id, first.replicate, first.seeds, first.params)
     assert last.seeds["init"] == derive_seed(study.seed, "init", last.seed_index["init"])
     assert plan_csv(plan).count("\n") == 20_001
+
+
+@pytest.mark.parametrize("n", [2, 3, 4096, 4097, 8193, 65537, 200_003])
+def test_the_fast_shuffle_is_pythons_shuffle(n):
+    """Run orders stay those of random.Random(seed).shuffle, including the blocked-words path (n above 4,096)."""
+    import random
+
+    from orchestrator.design.shuffle import shuffled
+
+    for seed in (0, 7, 2**62 + 11):
+        expected = list(range(n))
+        random.Random(seed).shuffle(expected)
+        assert shuffled(n, seed).tolist() == expected

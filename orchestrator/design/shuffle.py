@@ -107,18 +107,18 @@ def _draws(n: int, seed: int) -> list[int]:
         shift = np.uint64(32 - k)
         if m < 4 * _BLOCK:  # a few thousand steps: one word at a time
             while m >= low and m >= 2:
-                r = int(words.take(1)[0]) >> (32 - k)
-                while r >= m:
-                    r = int(words.take(1)[0]) >> (32 - k)
-                js.append(r)
+                draw = int(words.take(1)[0]) >> (32 - k)
+                while draw >= m:
+                    draw = int(words.take(1)[0]) >> (32 - k)
+                js.append(draw)
                 m -= 1
             continue
         while m >= low:
             count = min(_BLOCK, m - low + 1)  # even if every word is taken, m stays within this k
             r = words.take(count) >> shift
-            sure = r < np.uint64(m - count)  # taken whatever came before: m never falls below m - count + 1
+            sure: np.ndarray = r < np.uint64(m - count)  # taken whatever came before: m never falls below m - count + 1
             near = np.flatnonzero((r >= np.uint64(m - count)) & (r < np.uint64(m)))
-            taken = sure.copy()
+            taken: np.ndarray = sure.copy()
             if len(near):
                 before = np.concatenate([[0], np.cumsum(sure)])
                 extra = 0
