@@ -2,9 +2,11 @@
 
 The seed streams are crossed with every fixed factor, so the default model also holds the 15
 seed x factor interaction terms (``seed_interactions="main"``): 18 REML components, Type III
-Wald F tests with Satterthwaite df, shares from the mixed-model coefficients.
+Wald F tests with Satterthwaite df, shares from the mixed-model coefficients, and the 95%
+intervals (analytic since issue #10: no REML refits; ``--bootstrap 0`` skips them).
 
-Run: ``.venv/bin/python bench/bench_analysis.py [--trials N] [--bootstrap B]``. Prints time, peak
+Run: ``.venv/bin/python bench/bench_analysis.py [--trials N] [--bootstrap B]`` (``analyze``'s
+``bootstrap``: 0 = no intervals, any other value = intervals). Prints time, peak
 RSS and the machine; the numbers go in bench/RESULTS.md (section "Analysis"). Target: < 10 s
 and < 2 GB. Not a timed test: timings depend on the machine.
 """
@@ -68,7 +70,8 @@ def main() -> None:
     print(f"variance components: {vc}")
     print(f"planted: {df.attrs['realised']} (variance of the 10 drawn effects), Residual 0.0025")
     print(f"time_s={elapsed:.2f} peak_rss_mb={rss_mb:.0f} nproc={os.cpu_count()} cpu={model!r} "
-          f"date={datetime.date.today().isoformat()} failed_refits={res.bootstrap.get('failed_refits')}")
+          f"date={datetime.date.today().isoformat()} load_avg={os.getloadavg()[0]:.2f} "
+          f"intervals={res.intervals['method'] != 'none'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Linear and linear-mixed models computed from sufficient statistics.
 
 Every quantity the analysis reports (sums of squares, REML variance components, fixed-effect
-tests with Satterthwaite degrees of freedom, the parametric bootstrap) is a function of the
+tests with Satterthwaite degrees of freedom and the intervals) is a function of the
 cross-product matrix ``U'U`` of the model's columns, ``U'y`` and ``y'y``. Trials that share
 every factor level share a design row, so these are built from one row per distinct
 combination of levels (a "group"), weighted by its count: the cost grows with the number of
@@ -360,7 +360,7 @@ class Mixed:
 
     def _active(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Active terms (theta > 0), the positions of their columns and of X within ``idx``, and the
-        cross-product blocks on those positions (cached per active set: the bootstrap refits reuse them).
+        cross-product blocks on those positions (cached per active set: the optimiser revisits them).
 
         A term with ``theta_k = 0`` contributes an identity block with no coupling to the rest
         of the coefficient matrix, so it is left out of the factorisation: exact, and much
@@ -526,22 +526,6 @@ class Mixed:
             if np.max(np.abs(t * step)) < 1e-10:
                 break
         return theta
-
-    def curvature_scale(self, theta: np.ndarray) -> np.ndarray:
-        """``1/sqrt(d^2 dev / d theta_k^2)`` at ``theta``: the natural step of each component, for warm refits."""
-        c, yy = self.data(None, None)
-        theta = np.asarray(theta, float)
-        out = np.empty(len(theta))
-        for j in range(len(theta)):
-            h = 1e-4 * max(theta[j], 1e-2 * max(1.0, float(np.max(theta))))
-            tp, tm = theta.copy(), theta.copy()
-            tp[j] += h
-            tm[j] = max(tm[j] - h, 0.0)
-            gp = self.evaluate(tp, c, yy)["grad"][j]
-            gm = self.evaluate(tm, c, yy)["grad"][j] if tm[j] > 0 else -gp if theta[j] == 0 else 0.0
-            curv = (gp - gm) / (tp[j] - tm[j]) if theta[j] > 0 else gp / h
-            out[j] = 1.0 / math.sqrt(curv) if curv > 0 else max(theta[j], 0.1)
-        return out
 
     def _minimise(self, start: np.ndarray, scale: np.ndarray, c: np.ndarray, yy: float, quick: bool) -> np.ndarray:
         res = optimize.minimize(self._fun, start / scale, args=(scale, c, yy), jac=True, method="L-BFGS-B",

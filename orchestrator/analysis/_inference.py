@@ -25,7 +25,7 @@ from scipy import linalg, stats
 
 from orchestrator.analysis._engine import Engine, Mixed, Term, _contr_sum, satterthwaite_test
 
-__all__ = ["fully_balanced", "ems_tests", "satterthwaite_tests", "fixed_variance", "term_weights"]
+__all__ = ["fully_balanced", "ems_row", "ems_tests", "satterthwaite_tests", "fixed_variance", "fixed_variance_se", "term_weights"]
 
 
 def fully_balanced(counts: np.ndarray, codes: dict[str, np.ndarray], levels: dict[str, int]) -> bool:
@@ -34,7 +34,7 @@ def fully_balanced(counts: np.ndarray, codes: dict[str, np.ndarray], levels: dic
     return len(counts) == full and bool(np.all(counts == counts[0]))
 
 
-def _ems_row(t: Term, random_terms: list[Term], levels: dict[str, int], n: float) -> np.ndarray:
+def ems_row(t: Term, random_terms: list[Term], levels: dict[str, int], n: float) -> np.ndarray:
     """Coefficients of (each random component, residual) in ``E[MS_t]``."""
     row = np.zeros(len(random_terms) + 1)
     for j, k in enumerate(random_terms):
@@ -60,9 +60,9 @@ def ems_tests(terms: list[Term], random_terms: list[Term], ms: dict[str, float],
               ms_res: float, df_res: int, levels: dict[str, int], n: float) -> dict[str, dict[str, Any]]:
     """F tests of balanced designs against their expected-mean-squares error terms."""
     out: dict[str, dict[str, Any]] = {}
-    rows = {k.name: _ems_row(k, random_terms, levels, n) for k in random_terms}
+    rows = {k.name: ems_row(k, random_terms, levels, n) for k in random_terms}
     for t in terms:
-        target = _ems_row(t, random_terms, levels, n)
+        target = ems_row(t, random_terms, levels, n)
         basis = [k for k in random_terms if k is not t]
         if t.kind == "random":
             target[random_terms.index(t)] = 0.0
@@ -120,6 +120,13 @@ def fixed_variance(beta: np.ndarray, V: np.ndarray, S: np.ndarray) -> float:
     variance is counted both here and in a random component.
     """
     return max(0.0, float(beta @ S @ beta - np.trace(S @ V)))
+
+
+def fixed_variance_se(beta: np.ndarray, V: np.ndarray, S: np.ndarray) -> float:
+    """Standard error of ``fixed_variance`` (before the floor): for ``b ~ N(beta, V)``,
+    ``Var(b' S b) = 4 beta' S V S beta + 2 tr((S V)^2)``."""
+    SV = S @ V
+    return math.sqrt(max(0.0, float(4 * beta @ SV @ S @ beta + 2 * np.trace(SV @ SV))))
 
 
 def satterthwaite_tests(fixed_terms: list[Term], mixed: Mixed, beta: np.ndarray, parts: dict[str, Any]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCENARIOS", "simulate", "type_one_error", "coverage", "COVERAGE_TRUTH"]
+__all__ = ["SCENARIOS", "simulate", "type_one_error", "coverage", "COVERAGE_TRUTH", "COVERAGE_SCENARIOS"]
 
 #: Type-I scenarios of issue #10; the fixed factor ``A`` has no effect in each.
 SCENARIOS = {
@@ -86,42 +86,66 @@ def _rate(scenario: str, used: int, rejections: int, shares: list[float]) -> dic
             "mean_share_A": float(np.mean(shares)) if shares else float("nan")}
 
 
-#: Coverage scenario: A (3 levels, effects -0.5, 0, 0.5) x seed (20 levels) x 2 replicates.
+#: Coverage scenarios: A (3 levels, effects -0.5, 0, 0.5) x seed x 2 replicates, seed variance 1,
+#: seed:A 0.3, residual 0.5; ``seeds`` levels of the seed, ``lost`` a fraction of trials lost at random.
 COVERAGE_TRUTH = {"seed": 1.0, "seed:A": 0.3, "Residual": 0.5, "A": 1 / 6}
+COVERAGE_SCENARIOS: dict[str, dict[str, Any]] = {
+    "20 seeds": {"seeds": 20},
+    "12 seeds": {"seeds": 12},
+    "8 seeds": {"seeds": 8},
+    "5 seeds": {"seeds": 5},
+    "20 seeds, 10% lost": {"seeds": 20, "lost": 0.1},
+    "8 seeds, 10% lost": {"seeds": 8, "lost": 0.1},
+    "20 seeds, small seed:A": {"seeds": 20, "truth": {"seed:A": 0.05}},
+}
 
 
-def coverage(sims: int, bootstrap: int, seed: int = 0, seeds: int = 20,
-             progress: Callable[[dict[str, Any]], None] | None = None, every: int = 20) -> dict[str, Any]:
-    """Fraction of 95% intervals (variance components and shares) that contain the truth."""
-    from orchestrator.analysis.core import analyze
+def coverage(sims: int, seed: int = 0, seeds: int = 20, lost: float = 0.0, truth: dict[str, float] | None = None,
+             withheld: bool = False,
+             progress: Callable[[dict[str, Any]], None] | None = None, every: int = 50) -> dict[str, Any]:
+    """Fraction of 95% intervals (variance components and shares) that contain the truth.
+
+    Args:
+        sims: simulated datasets.
+        seed: seed of the simulation.
+        seeds: levels of the random factor ``seed``.
+        lost: fraction of the trials dropped at random (0: balanced).
+        truth: variances that replace those of ``COVERAGE_TRUTH`` (e.g. ``{"seed:A": 0.05}``).
+        withheld: also measure the intervals ``analyze`` withholds (seed x factor terms,
+            few levels), to see whether they could be shown.
+        progress: receives the running figures every ``every`` datasets.
+        every: how often ``progress`` is called.
+
+    Returns:
+        ``coverage`` (interval -> fraction), ``counted`` (interval -> datasets where it was
+        formed), ``sims``, ``seeds``, ``lost``.
+    """
+    from orchestrator.analysis.core import analyze, showing_every_interval
 
     rng = np.random.default_rng(seed)
-    truth = dict(COVERAGE_TRUTH)
+    truth = {**COVERAGE_TRUTH, **(truth or {})}
     total = sum(truth.values())
     true_share = {k: v / total for k, v in truth.items()}
     hits: dict[str, int] = {}
     counted: dict[str, int] = {}
     effects = np.array([-0.5, 0.0, 0.5])
-    for _ in range(sims):
-        u = rng.normal(0, 1.0, seeds)
+    for done in range(1, sims + 1):
+        u = rng.normal(0, math.sqrt(truth["seed"]), seeds)
         w = rng.normal(0, math.sqrt(truth["seed:A"]), (seeds, 3))
         rows = [(a, s, effects[a] + u[s] + w[s, a] + rng.normal(0, math.sqrt(truth["Residual"])))
                 for a in range(3) for s in range(seeds) for _ in range(2)]
         df = pd.DataFrame(rows, columns=["A", "seed", "loss"])
-        res = analyze(df, "loss", fixed=["A"], random=["seed"], bootstrap=bootstrap,
-                      seed=int(rng.integers(2**31)))
-        for v in res.variance_components:
-            key = f"variance {v['component']}"
-            if v["ci"] is not None:
+        if lost:
+            df = df.sample(frac=1 - lost, random_state=int(rng.integers(2**31))).reset_index(drop=True)
+        with showing_every_interval(withheld):
+            res = analyze(df, "loss", fixed=["A"], random=["seed"], seed=int(rng.integers(2**31)))
+        pairs = [(f"variance {v['component']}", v["ci"], truth[v["component"]]) for v in res.variance_components]
+        pairs += [(f"share {s['source']}", s["ci"], true_share[s["source"]]) for s in res.shares]
+        for key, ci, true in pairs:
+            if ci is not None:
                 counted[key] = counted.get(key, 0) + 1
-                hits[key] = hits.get(key, 0) + (v["ci"][0] <= truth[v["component"]] <= v["ci"][1])
-        for s in res.shares:
-            key = f"share {s['source']}"
-            if s["ci"] is not None:
-                counted[key] = counted.get(key, 0) + 1
-                hits[key] = hits.get(key, 0) + (s["ci"][0] <= true_share[s["source"]] <= s["ci"][1])
-        done = _ + 1
+                hits[key] = hits.get(key, 0) + (ci[0] <= true <= ci[1])
         if progress is not None and done % every == 0:
             progress({"done": done, "coverage": {k: hits[k] / counted[k] for k in counted}})
-    return {"sims": sims, "bootstrap": bootstrap, "seeds": seeds,
+    return {"sims": sims, "seeds": seeds, "lost": lost, "truth": truth,
             "coverage": {k: hits[k] / counted[k] for k in counted}, "counted": counted}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from orchestrator.analysis import _inference as inf
+from orchestrator.analysis import _intervals as _iv
 from orchestrator.analysis._engine import Engine, Mixed, Term, _independent, basis
 from orchestrator.analysis._prepare import Prepared, SeedInteractions, group, level_label, prepare, term_tuple
 from orchestrator.analysis.errors import AnalysisError
@@ -32,7 +34,7 @@ SHARES_DEFINITION = (
     "b_hat' S b_hat - tr(S cov(b_hat)) from the mixed-model fit and floored at 0 (the subtracted trace is the noise "
     "in b_hat, including every random term it depends on, so no variance is counted twice); a random term's "
     "component is its REML variance; the residual component is the REML residual variance. Intervals: basic "
-    "parametric-bootstrap intervals on the logit scale, refitting the same model."
+    "generalized confidence intervals (each variance replaced by its chi-square pivot), see docs/analysis.md."
 )
 #: The fill rate of (random level x design cell) above which a random factor counts as crossed with the design.
 CROSSED_FILL = 0.75
@@ -47,51 +49,49 @@ def _f(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _usable(samples: np.ndarray | None) -> np.ndarray | None:
-    """The finite bootstrap replicates, or None when fewer than 10 are left to form an interval."""
-    if samples is None:
-        return None
-    s = np.asarray(samples, float)
-    s = s[np.isfinite(s)]
-    return s if len(s) >= 10 else None
-
-
-def _ci(samples: np.ndarray | None) -> list[float] | None:
-    s = _usable(samples)
-    if s is None:
-        return None
-    lo, hi = np.percentile(s, [50 * (1 - CI_LEVEL), 100 - 50 * (1 - CI_LEVEL)])
-    return [float(lo), float(hi)]
-
-
 CI_MIN_LEVELS = 20
-"""Fewest levels of a random term for its bootstrap intervals to be shown. Measured (issue #10,
-tests/test_analysis_calibration.py, bench/bench_calibration.py): with 20 seeds the variance and
-share intervals of a random main term covered 0.96, with 12 seeds 0.70-0.80; intervals of seed x
-factor terms and of fixed shares covered 0.83-0.91 even with 20 seeds, so those are not shown."""
+"""Fewest levels of a random main term for its intervals to be shown (see ``_interval_shown``)."""
+SHARE_DRAWS = 20_000
+"""Monte Carlo draws of the pivots behind the share intervals (the 2.5% quantile's SE is ~0.1% of its value)."""
+INTERVALS_SHOWN = (f"the residual, and every random term (main or seed x factor) estimated above 0 whose random "
+                   f"factor has at least {CI_MIN_LEVELS} levels: its variance and its share")
 
 
-def _ci_pivot(estimate: float, samples: np.ndarray | None, scale: str) -> list[float] | None:
-    """Basic (pivotal) bootstrap interval on the log or logit scale, else the percentile interval.
+_SHOW_EVERY_INTERVAL = False
 
-    For a variance, ``estimate / truth`` is close to pivotal on the log scale (exactly so for
-    the residual variance), where the percentile interval of a skewed estimator covers
-    poorly. A share is treated the same way on the logit scale. When the estimate sits at a
-    boundary (0) or too many replicates do, the percentile interval is used, starting at 0.
+
+def _interval_shown(levels: int) -> bool:
+    """Whether a random term's intervals (variance and share) are shown: only where coverage was measured.
+
+    ``levels`` is the number of sampled levels behind the term: the levels of its random
+    factor (for ``seed:A``, the seeds), the fewest of them for a term of several random factors.
     """
-    s = _usable(samples)
-    if s is None:
+    return _SHOW_EVERY_INTERVAL or levels >= CI_MIN_LEVELS
+
+
+def _sampled_levels(t: Term, prep: Prepared, levels: Mapping[str, int]) -> int:
+    """The levels of the term's random factor(s): its factors that are not fixed (the fewest)."""
+    sampled = [f for f in t.factors if f not in prep.fixed] or list(t.factors)
+    return min(int(levels[f]) for f in sampled)
+
+
+@contextmanager
+def showing_every_interval(on: bool = True) -> Iterator[None]:
+    """Within this block ``analyze`` shows the intervals it would withhold (for calibration only)."""
+    global _SHOW_EVERY_INTERVAL
+    before, _SHOW_EVERY_INTERVAL = _SHOW_EVERY_INTERVAL, on
+    try:
+        yield
+    finally:
+        _SHOW_EVERY_INTERVAL = before
+
+
+def _scaled(ci: list[float] | None, s2: float) -> list[float] | None:
+    """An interval in the response's units; None when an end is not a finite number."""
+    if ci is None:
         return None
-    a = 50 * (1 - CI_LEVEL)
-    lo, hi = np.percentile(s, [a, 100 - a])
-    upper_ok = scale == "log" or hi < 1
-    if estimate <= 0 or lo <= 0 or not upper_ok or (scale == "logit" and estimate >= 1):
-        return [float(max(lo, 0.0)) if estimate > 0 else 0.0, float(hi)]
-    if scale == "log":
-        f, inv = np.log, np.exp
-    else:
-        f, inv = (lambda x: np.log(x / (1 - x))), (lambda x: 1 / (1 + np.exp(-x)))
-    return [float(inv(2 * f(estimate) - f(hi))), float(inv(2 * f(estimate) - f(lo)))]
+    lo, hi = _f(ci[0] * s2), _f(ci[1] * s2)
+    return None if lo is None or hi is None else [lo, hi]
 
 
 @dataclass
@@ -120,7 +120,7 @@ class AnalysisResult:
     diagnostics: dict[str, Any]
     rank_based: list[dict[str, Any]]
     aliases: dict[str, list[str]] | None
-    bootstrap: dict[str, Any]
+    intervals: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     power: dict[str, Any] | None = None
@@ -152,7 +152,7 @@ class AnalysisResult:
             "rank_based": self.rank_based,
             "aliases": self.aliases,
             "power": self.power,
-            "bootstrap": self.bootstrap,
+            "intervals": self.intervals,
             "ci_level": CI_LEVEL,
             "notes": self.notes,
             "warnings": self.warnings,
@@ -206,7 +206,7 @@ def _empty_result(prep: Prepared, notes: list[str], failures: dict[str, Any], re
         response=prep.response, transform=prep.transform, n=prep.n, n_total=len(prep.everything), ss_type=None,
         ss_type_reason=reason, balanced=False, missing_cells=[], factors=_factor_info(prep), anova=[],
         variance_components=[], vc_method="none", shares=[], spread=[], failures=failures, diagnostics={},
-        rank_based=[], aliases=prep.aliases, bootstrap={"replicates": 0}, notes=notes, warnings=[], prepared=prep)
+        rank_based=[], aliases=prep.aliases, intervals={"level": CI_LEVEL, "method": "none", "draws": 0}, notes=notes, warnings=[], prepared=prep)
 
 
 def _factor_info(prep: Prepared) -> dict[str, dict[str, Any]]:
@@ -298,8 +298,11 @@ def analyze(
         diverged_column: the 0/1 divergence column, or None.
         aliases: for fractional designs, estimable effect -> its aliases
             (``{"A": ["B:D"], ...}``); only those effects are analysed.
-        bootstrap: parametric-bootstrap replicates for the intervals (0: no intervals).
-        seed: seed of the bootstrap (results are reproducible).
+        bootstrap: 0 skips the 95% intervals; any other value computes them. The name is kept
+            from the parametric bootstrap earlier versions ran: the intervals are now computed
+            from the fit (chi-square pivots, Satterthwaite, delta method; docs/analysis.md,
+            "Intervals"), with no refits, so the value no longer sets a number of replicates.
+        seed: seed of the Monte Carlo draws behind the generalized pivots (reproducible).
         spread_by: fixed factor(s) within whose levels variance components are estimated.
         seed_interactions: ``"main"`` (default): add each random factor x fixed factor
             interaction the design can estimate; ``"none"``: only the random terms given.
@@ -499,10 +502,25 @@ def analyze(
             out[t.name] = inf.fixed_variance(b[ix], Vb[np.ix_(ix, ix)], weights[t.name])
         return out
 
-    # Bootstrap.
-    rng = np.random.default_rng(seed)
-    boot = _bootstrap(eng, mixed, reml_terms, beta, comp, sigma2, theta, bootstrap, rng, fixed_parts) \
-        if bootstrap and df_res > 0 else None
+    # Intervals: computed from the fit (no refits): chi-square pivots, Satterthwaite, delta method.
+    ivs: _iv.Intervals | None = None
+    if bootstrap and df_res > 0:
+        if reml_terms and parts is None and not exact:
+            parts = mixed.satterthwaite_parts(theta, sigma2)
+        fp0 = fixed_parts(beta, V)
+        fsd = {}
+        for t in estimable_fixed:
+            ix = [pos[int(j)] for j in t.kept]
+            fsd[t.name] = inf.fixed_variance_se(beta[ix], V[np.ix_(ix, ix)], weights[t.name])
+        bal = None
+        if exact and reml_terms:
+            ems = np.array([inf.ems_row(t, reml_terms, g["levels"], n) for t in reml_terms]
+                           + [np.eye(len(reml_terms) + 1)[-1]])
+            bal = _iv.Balanced(ems, np.array([ms[t.name] for t in reml_terms] + [ms_res]),
+                               np.array([dfs[t.name] for t in reml_terms] + [df_res], float))
+        ivs = _iv.intervals([t.name for t in reml_terms], comp, sigma2, parts["A"] if parts is not None else None,
+                            np.flatnonzero(np.asarray(theta) > 0), rss, df_res, fp0, fsd, SHARE_DRAWS,
+                            np.random.default_rng(seed), balanced=bal)
 
     anova_rows: list[dict[str, Any]] = []
     for t in model[1:]:
@@ -537,32 +555,30 @@ def analyze(
             notes.append(f"{name} is confounded with random term(s) {between[name]}: it is tested against them "
                          f"({row['den_df']:.3g} denominator df), not against the residual.")
 
-    def shown(t: Any) -> bool:
-        """Whether this random term's intervals are shown: only where their coverage was measured."""
-        return ":" not in t.name and len(t.columns) >= CI_MIN_LEVELS
-
-    withheld = [t.name for t in reml_terms if not shown(t)]
-    if boot and (withheld or estimable_fixed):
+    sampled = {t.name: _sampled_levels(t, prep, g["levels"]) for t in reml_terms}
+    shown = {t.name: bool(ivs) and _interval_shown(sampled[t.name]) for t in reml_terms}
+    withheld = [f"{t.name} ({sampled[t.name]} sampled levels, fewer than {CI_MIN_LEVELS})" for t in reml_terms
+                if not shown[t.name] and comp[reml_terms.index(t)] > 0]
+    if ivs and (withheld or estimable_fixed):
         notes.append(
             "95% intervals are shown only where their coverage was measured to hold (docs/analysis.md, "
-            f"'Intervals'): the residual, and random main terms with at least {CI_MIN_LEVELS} levels. Withheld: "
-            + ", ".join(["shares of fixed terms"] * bool(estimable_fixed)
-                        + [f"{n} (an interaction, or fewer than {CI_MIN_LEVELS} levels)" for n in withheld]) + ".")
+            f"'Intervals'): {INTERVALS_SHOWN}. Withheld: "
+            + ", ".join(["shares of fixed terms"] * bool(estimable_fixed) + withheld) + ".")
     vc_rows: list[dict[str, Any]] = []
     for j, t in enumerate(reml_terms):
         v = float(comp[j])
         boundary = bool(df_res > 0 and v <= 1e-8 * max(sigma2, 1e-300))
         if boundary:
             notes.append(f'the variance of random term "{t.name}" is estimated at zero (a boundary estimate): the '
-                         "data show no spread between its levels beyond the other terms; its interval starts at 0.")
+                         "data show no spread between its levels beyond the other terms; no interval is formed for it.")
         vc_rows.append({"component": t.name, "variance": _f(v * s2), "sd": _f(math.sqrt(max(v, 0)) * g["scale"]),
-                        "ci": _ci_pivot(v * s2, boot["comp"][t.name] * s2, "log") if boot and shown(t) else None,
+                        "ci": _scaled(ivs.components[t.name], s2) if ivs and shown[t.name] else None,
                         "boundary": boundary, "levels": len(t.columns), "method": "REML",
                         "mom_variance": _f(mom[t.name] * s2) if t.name in mom else None,
                         "origin": random_info[j]["origin"]})
     vc_rows.append({"component": "Residual", "variance": _f(sigma2 * s2),
                     "sd": _f(math.sqrt(sigma2) * g["scale"]) if df_res > 0 else None,
-                    "ci": _ci_pivot(sigma2 * s2, boot["sigma2"] * s2, "log") if boot else None,
+                    "ci": _scaled(ivs.residual, s2) if ivs else None,
                     "boundary": False, "levels": None, "method": "REML" if reml_terms else "residual mean square",
                     "mom_variance": None, "origin": "residual"})
     if df_res > 0 and sigma2 > 0 and not (0.0 < sigma2 * s2 < math.inf):
@@ -577,22 +593,19 @@ def analyze(
         shares_src += [(t.name, "random", float(comp[j])) for j, t in enumerate(reml_terms)]
         shares_src.append(("Residual", "residual", sigma2))
         total_var = sum(p[2] for p in shares_src)
-        share_shown = {t.name for t in reml_terms if shown(t)} | {"Residual"}
+        share_shown = {n for n, ok in shown.items() if ok} | {"Residual"}
         for name, kind, v in shares_src:
             share_rows.append({"source": name, "kind": kind, "variance": _f(v * s2), "share": _f(v / total_var),
-                               "ci": _ci_pivot(v / total_var, boot["share"].get(name), "logit")
-                               if boot and name in share_shown else None})
+                               "ci": ivs.shares.get(name) if ivs and name in share_shown else None})
 
     result = AnalysisResult(
         response=prep.response, transform=prep.transform, n=prep.n, n_total=len(prep.everything), ss_type=ss_type,
         ss_type_reason=reason, balanced=balanced, missing_cells=missing, factors=_factor_info(prep), anova=anova_rows,
         variance_components=vc_rows, vc_method=vc_method, shares=share_rows, spread=[], failures=failures,
         diagnostics={}, rank_based=[], aliases=prep.aliases,
-        bootstrap={"replicates": int(bootstrap) if boot else 0, "seed": seed, "method": "parametric",
-                   "failed_refits": boot["failed"] if boot else 0},
+        intervals={"level": CI_LEVEL, "method": ivs.method if ivs else "none", "shown": INTERVALS_SHOWN,
+                   "draws": SHARE_DRAWS if ivs else 0, "seed": seed},
         notes=notes, warnings=[], prepared=prep, model=model_info)
-    if boot is None and bootstrap and df_res > 0:
-        result.notes.append("bootstrap intervals could not be computed.")
 
     z = (prep.data["_y"].to_numpy(float) - g["centre"]) / g["scale"]
     residuals = z - eng.fitted(model_cols)[g["row_group"]]
@@ -602,53 +615,3 @@ def analyze(
     add_spread(result, prep, fixed_resid * g["scale"], spread_factors, seed=seed)
     return result
 
-
-def _bootstrap(eng: Engine, mixed: Mixed, reml_terms: list[Term], beta: np.ndarray, comp: np.ndarray, sigma2: float,
-               theta: np.ndarray, B: int, rng: np.random.Generator, fixed_parts: Any) -> dict[str, Any] | None:
-    """Parametric bootstrap on sufficient statistics.
-
-    Simulate ``y* = X beta + sum Z_k u_k + e`` with ``u_k ~ N(0, sigma_k^2)`` and
-    ``e ~ N(0, sigma^2)``: ``U'y*`` and ``y*'y*`` are drawn from their exact joint
-    distribution, then the REML fit and the shares are recomputed from them.
-    """
-    from scipy import linalg
-
-    G = eng.G
-    P = G.shape[0]
-    w, Vecs = linalg.eigh(G)
-    keep = w > 1e-10 * w.max()
-    root = Vecs[:, keep] * np.sqrt(w[keep])
-    rank = int(keep.sum())
-    n = eng.n
-    mean_b = np.zeros(P)
-    mean_b[mixed.x] = beta
-    b = np.repeat(mean_b[:, None], B, axis=1)
-    for j, t in enumerate(reml_terms):
-        b[t.columns] = rng.normal(0.0, math.sqrt(max(comp[j], 0.0)), size=(len(t.columns), B))
-    zq = rng.standard_normal((rank, B))
-    eps = math.sqrt(sigma2) * (root @ zq)
-    ee = sigma2 * (np.sum(zq * zq, axis=0) + (rng.chisquare(n - rank, size=B) if n > rank else 0.0))
-    c = G @ b + eps
-    yy = np.einsum("ij,ij->j", b, G @ b) + 2 * np.einsum("ij,ij->j", b, eps) + ee
-    out: dict[str, Any] = {"comp": {t.name: np.full(B, np.nan) for t in reml_terms}, "share": {},
-                           "sigma2": np.full(B, np.nan), "failed": 0}
-    shares: dict[str, np.ndarray] = {}
-    scale = mixed.curvature_scale(theta) if len(theta) else None
-    start = theta.copy() if len(theta) else None
-    for r in range(B):
-        cr, yr = c[mixed.idx, r], float(yy[r])
-        try:
-            v, s2r, br, th = mixed.fit(cr, yr, start=start, quick=True, scale=scale)
-            Txx = mixed.evaluate(th, cr, yr, grad=False)["Txx"]
-        except Exception:  # a refit that fails is counted and reported, never silently used
-            out["failed"] += 1
-            continue
-        fp = fixed_parts(br, s2r * Txx)
-        total = sum(fp.values()) + float(np.sum(v)) + s2r
-        for j, t in enumerate(reml_terms):
-            out["comp"][t.name][r] = v[j]
-        out["sigma2"][r] = s2r
-        for name, val in list(fp.items()) + [(t.name, v[j]) for j, t in enumerate(reml_terms)] + [("Residual", s2r)]:
-            shares.setdefault(name, np.full(B, np.nan))[r] = val / total
-    out["share"] = shares
-    return out
