@@ -282,19 +282,25 @@ def run_study(
     if retries is not None and retries < 0:
         raise OrchestratorError(f"--retries: expected 0 or more, found {retries}")
     retries = study.retries if retries is None else retries
-    plan = make_plan(study)
     check_records(detect_placement(), tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # a Ray job's temporary copy: refuse
+
+    def open_records() -> "ExecutionRecorder":
+        """Plan the study, open and check the store (a 1e6-trial plan takes seconds: it overlaps Ray's start too)."""
+        return ExecutionRecorder(open_store(tracking_uri), make_plan(study), mode=mode, retry_budget_s=record_retry_s,
+                                 writers=writers, trial_runs=trial_runs)
+
     executor: Executor
     if in_process:
-        store = open_store(tracking_uri)  # unreachable / unwritable: fail before any trial
-        recorder = ExecutionRecorder(store, plan, mode=mode, retry_budget_s=record_retry_s, writers=writers, trial_runs=trial_runs)
+        recorder = open_records()  # unreachable / unwritable store: fails before any trial
         executor = InProcessExecutor()
     else:
         from .ray_backend import RayExecutor
 
-        # start-up: importing mlflow, checking the store and fingerprinting the environment overlap
-        # with Ray's start (mostly waiting for its processes); the store is checked before any trial
-        opening = _Background(lambda: ExecutionRecorder(open_store(tracking_uri), plan, mode=mode, retry_budget_s=record_retry_s, writers=writers, trial_runs=trial_runs))
+        # start-up: planning, importing mlflow, checking the store and fingerprinting the environment
+        # overlap with Ray's start (mostly waiting for its processes); the store is checked before any
+        # trial. The execution itself (parent run, lease) is opened only once Ray is up: a failed start
+        # records nothing.
+        opening = _Background(open_records)
         try:
             executor = RayExecutor(address, study.resources)
         except BaseException:
@@ -305,7 +311,8 @@ def run_study(
         except BaseException:
             executor.close()
             raise
-        store = recorder.store
+    store = recorder.store
+    plan = recorder.plan
     try:
         to_run = recorder.begin()
         if recorder.info is None:  # pragma: no cover - begin() always sets it
