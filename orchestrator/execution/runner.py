@@ -253,7 +253,7 @@ def run_study(
         record_retry_s: how long the store may keep failing before records are left pending in
             the journal (default ``$ORCHESTRATOR_RECORD_RETRY_S``, else 120 s).
         writers: threads writing per-trial runs (default ``$ORCHESTRATOR_RECORD_WRITERS``, else
-            1 for SQLite and 8 for a server or database).
+            1 for SQLite and 16 for a server or database).
         trial_runs: ``per-trial``, ``per-cell`` (one run per design cell, aggregates over its
             replicates; every trial in the results table) or ``auto`` (per cell above
             ``$ORCHESTRATOR_PER_CELL_ABOVE`` trials, default 10,000): see :mod:`orchestrator.records.cellruns`.

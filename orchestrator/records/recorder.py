@@ -159,7 +159,7 @@ class ExecutionRecorder:
 
     * :meth:`trial_done` appends the trial to the journal (group-committed, fsync'd) and
       to the results table, and only then queues its MLflow run to a pool of writers
-      (:class:`~orchestrator.records.writers.WriterPool`; one for SQLite, 8 for a server);
+      (:class:`~orchestrator.records.writers.WriterPool`; one for SQLite, 16 for a server);
     * live metric batches go straight to the writers (same thread as their trial's record);
     * :meth:`close` waits for the writers (within the retry budget), uploads the last part
       of the results table and the run ids, and closes the parent run. What could not be
@@ -239,7 +239,7 @@ class ExecutionRecorder:
         """
         client = self.store.client
         study = self.study
-        quiet_client(self.store.uri)
+        quiet_client(self.store.uri, self.writers)
         try:
             experiment_id = self.store.create_experiment(study.name)
             parents = self.store.search(experiment_id, f"tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'")
@@ -256,7 +256,9 @@ class ExecutionRecorder:
                 f"{journal_root(self.store.uri)} and the store {self.store.uri} refused them: {'; '.join(self.replayed.errors[:3])}. "
                 "Expected them written before new trials run; fix the store, then run again (or orchestrator sync)."
             )
-        self.stale_closed = self._close_stale(experiment_id, stale, live)
+        # runs left RUNNING exist only under a parent left RUNNING (its driver died), or one a replay just closed
+        if self.replayed.journals or any(p.info.status == "RUNNING" for p in parents):
+            self.stale_closed = self._close_stale(experiment_id, stale, live)
         if self.replayed.journals or self.stale_closed:  # their parents' tags and states changed
             parents = self.store.search(experiment_id, f"tags.{T.RUN_KIND} = '{T.KIND_EXECUTION}'")
         execution_id = execution_id or new_execution_id()
@@ -333,10 +335,7 @@ class ExecutionRecorder:
             "trial_runs": self.trial_runs.value,
         }
         if not self.trial_runs.writes_trial_runs:
-            planned: dict[str, int] = {}
-            for trial in self.plan.trials:
-                planned[trial.cell_id] = planned.get(trial.cell_id, 0) + 1
-            self._header["cells_planned"] = planned
+            self._header["cells_planned"] = self.plan.trials.cell_counts()  # from the plan's columns: no Trial built
         try:
             self.journal = Journal.create(journal_root(self.store.uri), study.name, self._header)
         except OSError as exc:

@@ -108,13 +108,14 @@ def _quiet_mlflow() -> None:
 _SQLITE_PRAGMA_SET = False
 
 
-def quiet_client(uri: str) -> None:
+def quiet_client(uri: str, writers: int = 1) -> None:
     """Set the driver's MLflow client up for recording: quiet, no retries of its own, cheap SQLite commits.
 
     * The recorder retries within its own budget (``ORCHESTRATOR_RECORD_RETRY_S``), so the
       client's HTTP retries (7, with backoff: about two minutes) are turned off unless
       ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set; a request times out after 30 s unless
-      ``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set.
+      ``MLFLOW_HTTP_REQUEST_TIMEOUT`` is set; the connection pool keeps one connection per
+      writer thread (``writers``; ``MLFLOW_HTTP_POOL_MAXSIZE`` unless set).
     * SQLite connections of this process use ``synchronous=NORMAL`` (the store is in WAL
       mode): a commit no longer waits for the disk. Every record is already fsync'd to the
       results journal first, so an OS crash loses nothing the journal cannot replay.
@@ -124,6 +125,9 @@ def quiet_client(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # one kept-alive connection per writer: with fewer pooled (MLflow's default is 10), the writers
+        # beyond it open a new connection per call and drop it
+        os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", str(max(10, writers)))
     if uri.startswith("sqlite:") and not _SQLITE_PRAGMA_SET:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
