@@ -263,6 +263,10 @@ def test_the_trials_of_a_plan_are_a_lazy_sequence():
     assert [t.order for t in todo] == [t.order for t in built if t.trial_id not in done]
     assert len(todo) == 16 and built[5] not in todo and todo[0].order == 1
     assert trials.without(set()) is trials
+    counted: dict[str, int] = {}
+    for t in todo:
+        counted[t.cell_id] = counted.get(t.cell_id, 0) + 1
+    assert todo.cell_counts() == counted and list(todo.cell_counts()) == list(counted)
 
 
 def test_a_large_plan_holds_columns_not_trial_objects():

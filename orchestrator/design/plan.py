@@ -177,6 +177,13 @@ class TrialTable(SequenceABC[Trial]):
         for start in range(0, len(ids), 65536):
             yield from map(id_text, ids[start:start + 65536].tolist())
 
+    def cell_counts(self) -> dict[str, int]:
+        """Trials per cell id, cells in the order their first trial comes (without building trials)."""
+        cells = self._columns.cell if self._rows is None else self._columns.cell[self._rows]
+        present, first, counts = np.unique(cells, return_index=True, return_counts=True)
+        order = np.argsort(first, kind="stable")
+        return {self._columns.cells[int(c)].cell_id: int(n) for c, n in zip(present[order].tolist(), counts[order].tolist())}
+
     def position(self, trial_id: str) -> int | None:
         """Where ``trial_id`` is in this sequence (``None``: not here)."""
         if self._index is None:
