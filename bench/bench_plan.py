@@ -4,6 +4,8 @@ Measured, each in a fresh process (wall time and the process's peak RSS from ``w
 
 * ``make_plan`` of an ``a x b x replicates`` synthetic study (100 x 100 cells, the
   replicates give the size): the time of the call alone, and the process's peak RSS;
+  CPU seconds beside wall seconds (on a machine shared with other jobs the CPU time is what
+  an idle core would take, near enough);
 * ``orchestrator plan STUDY --format csv`` and the default table (stdout to /dev/null): the
   whole command, imports included;
 * start-up: seconds from launching ``orchestrator run`` (embedded Ray, a SQLite store whose
@@ -16,7 +18,7 @@ planner that built one ``Trial`` per trial), exported with ``git archive`` to a 
 folder; sizes the old planner cannot finish in ``--old-timeout`` seconds are reported as
 such.
 
-    python bench/bench_plan.py                                   # 1e5 and 1e6, old up to 1e5
+    python bench/bench_plan.py                                   # 1e5 and 1e6 (the old plan command up to 1e5)
     python bench/bench_plan.py --sizes 1000000 --write bench/RESULTS.md
 """
 
@@ -51,9 +53,9 @@ import sys, time
 sys.path.insert(0, {tree!r})
 from orchestrator import load_study, make_plan
 study = load_study({path!r}, "full")
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 plan = make_plan(study)
-print(len(plan.trials), time.perf_counter() - start)
+print(len(plan.trials), time.perf_counter() - start, time.process_time() - cpu)
 """
 
 STARTUP_STUDY = """
@@ -89,7 +91,7 @@ def peak_rss(command: list[str], env: dict[str, str], timeout: float) -> dict[st
         f"proc = subprocess.Popen({command!r}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
         "out = proc.stdout.read(); err = proc.stderr.read()\n"
         "_, status, usage = os.wait4(proc.pid, 0)\n"
-        "print(json.dumps({'s': time.perf_counter() - start, 'rss_mb': usage.ru_maxrss / 1024, 'status': status, "
+        "print(json.dumps({'s': time.perf_counter() - start, 'cpu_s': usage.ru_utime + usage.ru_stime, 'rss_mb': usage.ru_maxrss / 1024, 'status': status, "
         "'stdout': out.decode()[-2000:], 'stderr': err.decode()[-400:], 'bytes': len(out)}))\n"
     )
     result = measured([sys.executable, "-c", wrapper], env, timeout, stdout=subprocess.PIPE)
@@ -98,7 +100,7 @@ def peak_rss(command: list[str], env: dict[str, str], timeout: float) -> dict[st
     data = json.loads(result["stdout"])
     if data["status"] != 0:
         return {"error": (data["stderr"].strip().splitlines() or [f"status {data['status']}"])[-1][:200]}
-    return {"s": round(data["s"], 2), "rss_mb": round(data["rss_mb"]), "stdout": data["stdout"], "bytes": data["bytes"]}
+    return {"s": round(data["s"], 2), "cpu_s": round(data["cpu_s"], 2), "rss_mb": round(data["rss_mb"]), "stdout": data["stdout"], "bytes": data["bytes"]}
 
 
 def export_baseline(folder: Path) -> Path:
@@ -109,7 +111,7 @@ def export_baseline(folder: Path) -> Path:
     return folder
 
 
-def plan_rows(trees: dict[str, Path], folder: Path, sizes: list[int], old_max: int, timeout: float) -> list[dict[str, Any]]:
+def plan_rows(trees: dict[str, Path], folder: Path, sizes: list[int], old_max: int, old_cli_max: int, timeout: float) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         path = folder / f"big_{n}.py"
@@ -121,12 +123,12 @@ def plan_rows(trees: dict[str, Path], folder: Path, sizes: list[int], old_max: i
                 continue
             result = peak_rss([sys.executable, "-c", MAKE_PLAN.format(tree=str(tree), path=str(path))], env, timeout)
             if "error" not in result:
-                count, seconds = result["stdout"].split()
-                result.update(trials=int(count), call_s=round(float(seconds), 2))
+                count, seconds, cpu = result["stdout"].split()
+                result.update(trials=int(count), call_s=round(float(seconds), 2), call_cpu_s=round(float(cpu), 2))
             rows.append({"what": "make_plan", "code": label, "trials": n, **result})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "stdout"}), flush=True)
             for fmt in ("csv", "table"):
-                if label == "old" and fmt == "table" and n > 10_000:
+                if label == "old" and (n > old_cli_max or (fmt == "table" and n > 10_000)):
                     continue  # the old table drew every row with rich: minutes per 10,000 trials
                 command = [sys.executable, "-m", "orchestrator", "plan", str(path), "--format", fmt]
                 result = peak_rss(command, env, timeout)
@@ -199,22 +201,23 @@ def render(rows: list[dict[str, Any]], starts: list[dict[str, Any]], sizes: list
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min; the machine was shared). \"old\" is commit {BASELINE} "
         "(a Trial object per trial), \"new\" this tree, run one after the other in this run; each row is a fresh process.",
         "",
-        "| what | trials | code | time s | of which the call s | peak RSS MB | output MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| what | trials | code | wall s | CPU s | the call alone: wall s / CPU s | peak RSS MB | output MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['what']} | {r['trials']:,} | {r['code']} | - | - | - | {r['error']} |")
+            lines.append(f"| {r['what']} | {r['trials']:,} | {r['code']} | - | - | - | - | {r['error']} |")
             continue
         out = f"{r['bytes'] / 1e6:.0f}" if r["what"] != "make_plan" else "-"
-        lines.append(f"| {r['what']} | {r['trials']:,} | {r['code']} | {r['s']} | {r.get('call_s', '-')} | {r['rss_mb']} | {out} |")
+        call = f"{r['call_s']} / {r['call_cpu_s']}" if "call_s" in r else "-"
+        lines.append(f"| {r['what']} | {r['trials']:,} | {r['code']} | {r['s']} | {r['cpu_s']} | {call} | {r['rss_mb']} | {out} |")
     ratios = []
     for n in sizes:
         for what in ("make_plan", "plan --format csv"):
             pair = {r["code"]: r for r in rows if r["trials"] == n and r["what"] == what and "error" not in r}
             if {"old", "new"} <= set(pair):
-                key = "call_s" if what == "make_plan" else "s"
-                ratios.append(f"{what} of {n:,}: old / new time {pair['old'][key] / pair['new'][key]:.1f}x, "
+                key = "call_cpu_s" if what == "make_plan" else "cpu_s"
+                ratios.append(f"{what} of {n:,}: old / new CPU time {pair['old'][key] / pair['new'][key]:.1f}x, "
                               f"peak RSS {pair['old']['rss_mb'] / pair['new']['rss_mb']:.1f}x")
     if ratios:
         lines += ["", "Ratios (same run): " + "; ".join(ratios) + "."]
@@ -244,7 +247,8 @@ def write_section(path: Path, text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="plan sizes (trials), comma-separated")
-    parser.add_argument("--old-max", type=int, default=100_000, help="largest plan the old code is asked for")
+    parser.add_argument("--old-max", type=int, default=1_000_000, help="largest plan the old code's make_plan is asked for")
+    parser.add_argument("--old-cli-max", type=int, default=100_000, help="largest plan the old code's plan command is asked for")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per measured process")
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--no-old", action="store_true", help="only this tree")
@@ -256,7 +260,7 @@ def main() -> None:
         trees = {"new": ROOT}
         if not args.no_old:
             trees = {"old": export_baseline(folder / "old"), "new": ROOT}
-        rows = plan_rows(trees, folder, sizes, args.old_max, args.timeout)
+        rows = plan_rows(trees, folder, sizes, args.old_max, args.old_cli_max, args.timeout)
         starts = [] if args.no_startup else startup(trees, folder, args.timeout)
     finally:
         text = render(locals().get("rows", []), locals().get("starts", []), sizes)
