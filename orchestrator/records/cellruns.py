@@ -148,36 +148,48 @@ def cell_aggregates(frame: "pd.DataFrame", planned: Mapping[str, int]) -> list[C
     ``planned``: trials per cell in the plan (``n``); a cell with no row is left out.
     """
     import numpy as np
+    import pandas as pd
 
     out: list[CellAggregate] = []
     if frame.empty:
         return out
-    metric_columns = [c for c in frame.columns if c.startswith(METRIC_PREFIX) and c != f"{METRIC_PREFIX}diverged"]
-    for cell_id, rows in frame.groupby("cell_id", sort=True):
-        states = rows["state"]
-        finished = rows[states == "FINISHED"]
-        diverged = int((finished[f"{METRIC_PREFIX}diverged"].fillna(0.0) >= 1.0).sum()) if f"{METRIC_PREFIX}diverged" in finished else 0
-        n = int(planned.get(str(cell_id), len(rows)))
-        values: dict[str, float] = {
-            "n": float(n),
-            "n_finished": float(len(finished)),
-            "n_failed": float((states == "FAILED").sum()),
-            "n_diverged": float(diverged),
-            "n_killed": float((states == "KILLED").sum()),
-        }
+    diverged_column = f"{METRIC_PREFIX}diverged"
+    metric_columns = [c for c in frame.columns if c.startswith(METRIC_PREFIX) and c != diverged_column]
+    cell = frame["cell_id"].astype(str)
+    finished = frame["state"] == "FINISHED"
+    diverged = finished & (frame[diverged_column].fillna(0.0) >= 1.0) if diverged_column in frame else finished & False
+    counts = pd.DataFrame({
+        "n_finished": finished, "n_failed": frame["state"] == "FAILED", "n_diverged": diverged, "n_killed": frame["state"] == "KILLED",
+    }).groupby(cell, sort=True).sum()
+    levels = frame["levels"].groupby(cell, sort=True).first()
+    # aggregates over the finished trials' finite values, all cells and metrics at once
+    values = frame.loc[finished, metric_columns].astype(float).replace([np.inf, -np.inf], np.nan)
+    grouped = values.groupby(cell[finished], sort=True)
+    stats = {name: table.reindex(counts.index) for name, table in
+             (("mean", grouped.mean()), ("sd", grouped.std(ddof=1)), ("min", grouped.min()), ("max", grouped.max()), ("count", grouped.count()))}
+    columns = {name: {c: table[c].to_numpy() for c in metric_columns} for name, table in stats.items()}
+    tallies = {name: counts[name].to_numpy() for name in counts.columns}
+    level_texts = levels.to_numpy()
+    parsed: dict[str, Any] = {}
+    for i, cell_id in enumerate(counts.index):
+        metrics: dict[str, float] = {name: float(tallies[name][i]) for name in ("n_finished", "n_failed", "n_diverged", "n_killed")}
+        n = int(planned.get(cell_id, int(sum(metrics.values()) - metrics["n_diverged"])))
+        metrics = {"n": float(n), **metrics}
         for column in metric_columns:
-            data = finished[column].to_numpy(dtype=float)
-            data = data[np.isfinite(data)]
-            if not len(data):
+            count = columns["count"][column][i]
+            if not count or count != count:
                 continue
             name = column[len(METRIC_PREFIX):]
-            values[f"{name}_mean"] = float(data.mean())
-            if len(data) > 1:
-                values[f"{name}_sd"] = float(data.std(ddof=1))
-            values[f"{name}_min"] = float(data.min())
-            values[f"{name}_max"] = float(data.max())
-        status = "FINISHED" if values["n_finished"] >= n else ("FAILED" if values["n_failed"] else "KILLED")
-        out.append(CellAggregate(str(cell_id), json.loads(rows["levels"].iloc[0]), values, status))
+            metrics[f"{name}_mean"] = float(columns["mean"][column][i])
+            if count > 1:
+                metrics[f"{name}_sd"] = float(columns["sd"][column][i])
+            metrics[f"{name}_min"] = float(columns["min"][column][i])
+            metrics[f"{name}_max"] = float(columns["max"][column][i])
+        status = "FINISHED" if metrics["n_finished"] >= n else ("FAILED" if metrics["n_failed"] else "KILLED")
+        text = level_texts[i]
+        if text not in parsed:
+            parsed[text] = json.loads(text)
+        out.append(CellAggregate(str(cell_id), parsed[text], metrics, status))
     return out
 
 

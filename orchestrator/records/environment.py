@@ -34,7 +34,9 @@ RECORDED_VARIABLES = (
 )
 
 
+@functools.lru_cache(maxsize=None)
 def _version(package: str) -> str | None:
+    # cached: reading a package's metadata takes ~10 ms, and every trial's fingerprint asks for torch's
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
