@@ -27,13 +27,13 @@ def test_the_additive_model_is_anti_conservative_where_seeds_interact():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lost", [0.0, 0.1])
-def test_intervals_of_components_and_shares_cover(lost):
-    # Balanced: generalized pivots; 10% lost: Satterthwaite and the delta method. The large
-    # size (400 datasets per scenario, band [0.92, 0.98]) is bench/bench_calibration.py.
-    res = coverage(sims=30, seed=3, seeds=20, lost=lost)
+@pytest.mark.parametrize(("seeds", "lost"), [(20, 0.0), (12, 0.1)])
+def test_intervals_of_components_and_shares_cover(seeds, lost):
+    # Generalized pivots on the mean squares (balanced: classical; 10% lost: Henderson III). The
+    # large size (400 datasets per scenario, band [0.92, 0.98]) is bench/bench_calibration.py.
+    res = coverage(sims=30, seed=3, seeds=seeds, lost=lost)
     cov = res["coverage"]
-    assert {"variance seed", "variance Residual", "share seed", "share Residual"} <= set(cov), cov
+    assert set(cov) == {f"{kind} {name}" for kind in ("variance", "share") for name in ("seed", "seed:A", "Residual")}
     assert all(0.8 <= v <= 1.0 for v in cov.values()), cov
 
 
@@ -99,7 +99,7 @@ def test_intervals_are_shown_for_main_and_seed_by_factor_terms_with_enough_level
     rows = [(a, s, a * 0.3 + u[s] + w[s, a] + rng.normal(0, 0.5)) for a in range(3) for s in range(seeds) for _ in range(2)]
     df = pd.DataFrame(rows, columns=["A", "seed", "loss"])
     for data, method in ((df, "generalized pivots (balanced)"),
-                         (df.drop(index=[0, 7, 30]).reset_index(drop=True), "Satterthwaite / delta method")):
+                         (df.drop(index=[0, 7, 30]).reset_index(drop=True), "generalized pivots (Henderson III mean squares)")):
         res = analyze(data, "loss", fixed=["A"], random=["seed"], seed=1)
         assert res.intervals["method"] == method
         for v in res.variance_components:
@@ -109,3 +109,33 @@ def test_intervals_are_shown_for_main_and_seed_by_factor_terms_with_enough_level
             if s["ci"] is not None:
                 assert 0 <= s["ci"][0] < s["share"] < s["ci"][1] <= 1, s
         assert analyze(data, "loss", fixed=["A"], random=["seed"], bootstrap=0).intervals["method"] == "none"
+
+
+def test_henderson_mean_squares_equal_the_classical_ones_on_balanced_data(monkeypatch):
+    # The unbalanced route's mean squares and expected-mean-squares matrix (Henderson III) must
+    # reduce to the classical balanced ones (ems_row: n / levels of the random term's factors).
+    import numpy as np
+    import pandas as pd
+
+    import orchestrator.analysis.core as core
+
+    rng = np.random.default_rng(2)
+    rows = [(a, b, s, rng.normal() + s % 3) for a in range(3) for b in range(2) for s in range(7) for _ in range(2)]
+    df = pd.DataFrame(rows, columns=["A", "B", "seed", "loss"])
+    seen = []
+    real = core._iv.intervals
+
+    def spy(*args, **kw):
+        seen.append(kw["mean_squares"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(core._iv, "intervals", spy)
+    core.analyze(df, "loss", fixed=["A", "B"], random=["seed"], seed=0)
+    monkeypatch.setattr(core.inf, "fully_balanced", lambda *a: False)
+    core.analyze(df, "loss", fixed=["A", "B"], random=["seed"], seed=0)
+    classical, general = seen
+    assert classical.exact and not general.exact
+    np.testing.assert_allclose(general.ems, classical.ems, atol=1e-9)
+    np.testing.assert_allclose(general.ms, classical.ms, rtol=1e-9)
+    np.testing.assert_allclose(general.df, classical.df)
+    assert classical.ems[0].tolist() == [12.0, 4.0, 6.0, 1.0]  # seed: 84 trials / 7 seeds; seed:A 84/21; seed:B 84/14

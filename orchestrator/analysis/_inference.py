@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from scipy import linalg, stats
 
-from orchestrator.analysis._engine import Engine, Mixed, Term, _contr_sum, satterthwaite_test
+from orchestrator.analysis._engine import Engine, Mixed, Term, _contr_sum, _independent, basis, satterthwaite_test
 
-__all__ = ["fully_balanced", "ems_row", "ems_tests", "satterthwaite_tests", "fixed_variance", "fixed_variance_se", "term_weights"]
+__all__ = ["fully_balanced", "ems_row", "ems_tests", "mean_squares", "satterthwaite_tests", "fixed_variance", "fixed_variance_se", "term_weights"]
 
 
 def fully_balanced(counts: np.ndarray, codes: dict[str, np.ndarray], levels: dict[str, int]) -> bool:
@@ -120,6 +120,54 @@ def fixed_variance(beta: np.ndarray, V: np.ndarray, S: np.ndarray) -> float:
     variance is counted both here and in a random component.
     """
     return max(0.0, float(beta @ S @ beta - np.trace(S @ V)))
+
+
+def _resid_traces(engine: Engine, cols: np.ndarray, terms: list[Term]) -> tuple[np.ndarray, float]:
+    """``tr(Z_k' M Z_k)`` for each term and the residual sum of squares, ``M`` the residual maker of
+    the linearly independent columns ``cols`` (one factorisation for all terms)."""
+    G = engine.G
+    z = np.concatenate([t.columns for t in terms])
+    diag = np.diag(G)[z].copy()
+    if len(cols):
+        L = linalg.cholesky(G[np.ix_(cols, cols)], lower=True, check_finite=False)
+        V = linalg.solve_triangular(L, np.column_stack([G[np.ix_(cols, z)], engine.c[cols]]), lower=True,
+                                    check_finite=False)
+        diag -= np.sum(V[:, :-1] ** 2, axis=0)
+        rss = engine.yy - float(V[:, -1] @ V[:, -1])
+    else:
+        rss = engine.yy
+    offsets = np.concatenate([[0], np.cumsum([len(t.columns) for t in terms])]).astype(int)
+    return np.add.reduceat(diag, offsets[:-1]), rss
+
+
+def mean_squares(engine: Engine, model: list[Term], random_terms: list[Term], ms_res: float,
+                 df_res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean squares of the random terms, their df and expected-mean-squares matrix, in any design.
+
+    ``SS_q = R(q | terms not containing q)`` (Type II for random terms); its expectation is
+    ``sum_k sigma_k^2 [tr(Z_k' M_a Z_k) - tr(Z_k' M_b Z_k)] + df_q sigma^2`` with ``M_a``,
+    ``M_b`` the residual makers without and with ``q`` (Henderson's method III). On balanced
+    data these are the classical mean squares and ``ems_row``'s coefficients. Returns
+    ``(E, MS, df)`` with the residual last, or None when a term has no df of its own.
+    """
+    G = engine.G
+    k = len(random_terms)
+    E = np.zeros((k + 1, k + 1))
+    ms = np.zeros(k + 1)
+    dfs = np.zeros(k + 1)
+    for i, q in enumerate(random_terms):
+        marg = [t for t in model if t is not q and not set(q.factors) <= set(t.factors)]
+        cols_a = basis(G, engine.columns(marg))
+        own = _independent(G, q.columns, cols_a)
+        if len(own) == 0:
+            return None
+        tr_a, rss_a = _resid_traces(engine, cols_a, random_terms)
+        tr_b, rss_b = _resid_traces(engine, np.concatenate([cols_a, own]), random_terms)
+        dfs[i], ms[i] = len(own), (rss_a - rss_b) / len(own)
+        E[i, :k] = (tr_a - tr_b) / len(own)
+        E[i, -1] = 1.0
+    E[-1, -1], ms[-1], dfs[-1] = 1.0, ms_res, df_res
+    return E, ms, dfs
 
 
 def fixed_variance_se(beta: np.ndarray, V: np.ndarray, S: np.ndarray) -> float:

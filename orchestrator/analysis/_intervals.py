@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["Intervals", "Balanced", "residual_interval", "satterthwaite_interval", "intervals"]
+__all__ = ["Intervals", "MeanSquares", "residual_interval", "satterthwaite_interval", "intervals"]
 
 LEVEL = 0.95
 
@@ -61,19 +61,22 @@ def satterthwaite_interval(v: float, var_v: float, level: float = LEVEL) -> list
 
 
 @dataclass(frozen=True)
-class Balanced:
-    """The mean squares of a balanced design: what the generalized pivots are built from.
+class MeanSquares:
+    """The mean squares the generalized pivots are built from.
 
     Attributes:
         ems: ``E[MS_q] = sum_j ems[q, j] sigma_j^2``; rows and columns are the random terms
             in the caller's order, then the residual.
         ms: the mean squares, same order.
         df: their degrees of freedom.
+        exact: balanced design (independent scaled chi-squares); else Henderson III mean
+            squares, for which the pivots are an approximation.
     """
 
     ems: np.ndarray
     ms: np.ndarray
     df: np.ndarray
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def _fixed_draws(fixed_parts: dict[str, float], fixed_sd: dict[str, float], draw
 
 def intervals(names: list[str], comp: np.ndarray, sigma2: float, cov: np.ndarray | None, active: np.ndarray,
               rss: float, df_res: int, fixed_parts: dict[str, float], fixed_sd: dict[str, float], draws: int,
-              rng: np.random.Generator, balanced: Balanced | None = None, level: float = LEVEL) -> Intervals:
+              rng: np.random.Generator, mean_squares: MeanSquares | None = None, level: float = LEVEL) -> Intervals:
     """Component, residual and share intervals of one fit.
 
     Args:
@@ -126,7 +129,7 @@ def intervals(names: list[str], comp: np.ndarray, sigma2: float, cov: np.ndarray
         fixed_sd: fixed term -> the standard error of that estimate.
         draws: Monte Carlo draws of the generalized pivots.
         rng: the generator of those draws.
-        balanced: the mean squares of a balanced design (generalized pivots), or None.
+        mean_squares: the mean squares for the generalized pivots; None: Satterthwaite and delta method.
         level: the confidence level.
     """
     comps: dict[str, list[float] | None] = {n: None for n in names}
@@ -135,6 +138,7 @@ def intervals(names: list[str], comp: np.ndarray, sigma2: float, cov: np.ndarray
     if res_ci is None:
         return Intervals(comps, res_ci, shares, "none")
     act = [int(j) for j in active]
+    balanced = mean_squares
     if balanced is not None and draws > 0:
         try:
             inv = np.linalg.inv(balanced.ems)
@@ -148,7 +152,8 @@ def intervals(names: list[str], comp: np.ndarray, sigma2: float, cov: np.ndarray
                 comps[names[j]] = _quantiles(R[:, j], level)
                 shares[names[j]] = _quantiles(R[:, j] / total, level)
             shares["Residual"] = _quantiles(R[:, -1] / total, level)
-            return Intervals(comps, res_ci, shares, "generalized pivots (balanced)")
+            method = "generalized pivots (balanced)" if balanced.exact else "generalized pivots (Henderson III mean squares)"
+            return Intervals(comps, res_ci, shares, method)
     for i, j in enumerate(act):
         if cov is not None:
             comps[names[j]] = satterthwaite_interval(float(comp[j]), float(cov[i, i]), level)

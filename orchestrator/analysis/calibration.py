@@ -95,6 +95,7 @@ COVERAGE_SCENARIOS: dict[str, dict[str, Any]] = {
     "8 seeds": {"seeds": 8},
     "5 seeds": {"seeds": 5},
     "20 seeds, 10% lost": {"seeds": 20, "lost": 0.1},
+    "12 seeds, 10% lost": {"seeds": 12, "lost": 0.1},
     "8 seeds, 10% lost": {"seeds": 8, "lost": 0.1},
     "20 seeds, small seed:A": {"seeds": 20, "truth": {"seed:A": 0.05}},
 }

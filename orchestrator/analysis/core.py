@@ -49,8 +49,12 @@ def _f(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-CI_MIN_LEVELS = 20
-"""Fewest levels of a random main term for its intervals to be shown (see ``_interval_shown``)."""
+CI_MIN_LEVELS = 12
+"""Fewest sampled levels of a random term for its intervals to be shown (see ``_interval_shown``).
+Measured (bench/RESULTS.md, "Analysis calibration", 400 datasets per scenario): with 12 and 20
+seeds, balanced or with 10% of trials lost, every variance and share interval of the seed and
+seed x factor terms covered 0.94-0.98; with 8 seeds the seed:A share covered 0.99 and with 5
+seeds the seed's 0.98-0.995 (too wide), so those are withheld."""
 SHARE_DRAWS = 20_000
 """Monte Carlo draws of the pivots behind the share intervals (the 2.5% quantile's SE is ~0.1% of its value)."""
 INTERVALS_SHOWN = (f"the residual, and every random term (main or seed x factor) estimated above 0 whose random "
@@ -512,15 +516,18 @@ def analyze(
         for t in estimable_fixed:
             ix = [pos[int(j)] for j in t.kept]
             fsd[t.name] = inf.fixed_variance_se(beta[ix], V[np.ix_(ix, ix)], weights[t.name])
-        bal = None
-        if exact and reml_terms:
+        mss = None
+        if reml_terms and exact:
             ems = np.array([inf.ems_row(t, reml_terms, g["levels"], n) for t in reml_terms]
                            + [np.eye(len(reml_terms) + 1)[-1]])
-            bal = _iv.Balanced(ems, np.array([ms[t.name] for t in reml_terms] + [ms_res]),
-                               np.array([dfs[t.name] for t in reml_terms] + [df_res], float))
+            mss = _iv.MeanSquares(ems, np.array([ms[t.name] for t in reml_terms] + [ms_res]),
+                                  np.array([dfs[t.name] for t in reml_terms] + [df_res], float), exact=True)
+        elif reml_terms:
+            found = inf.mean_squares(eng, model, reml_terms, ms_res, df_res)
+            mss = _iv.MeanSquares(*found, exact=False) if found is not None else None
         ivs = _iv.intervals([t.name for t in reml_terms], comp, sigma2, parts["A"] if parts is not None else None,
                             np.flatnonzero(np.asarray(theta) > 0), rss, df_res, fp0, fsd, SHARE_DRAWS,
-                            np.random.default_rng(seed), balanced=bal)
+                            np.random.default_rng(seed), mean_squares=mss)
 
     anova_rows: list[dict[str, Any]] = []
     for t in model[1:]:
