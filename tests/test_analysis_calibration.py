@@ -139,3 +139,26 @@ def test_henderson_mean_squares_equal_the_classical_ones_on_balanced_data(monkey
     np.testing.assert_allclose(general.ms, classical.ms, rtol=1e-9)
     np.testing.assert_allclose(general.df, classical.df)
     assert classical.ems[0].tolist() == [12.0, 4.0, 6.0, 1.0]  # seed: 84 trials / 7 seeds; seed:A 84/21; seed:B 84/14
+
+
+def test_the_unmeasured_fallback_shows_only_the_residual_interval(monkeypatch):
+    # A random term with no mean square of its own (not reachable with the designs above, so
+    # forced here) falls back to Satterthwaite / delta-method intervals, whose coverage was
+    # not measured there: they are withheld and the note says why.
+    import numpy as np
+    import pandas as pd
+
+    import orchestrator.analysis.core as core
+
+    rng = np.random.default_rng(4)
+    u = rng.normal(0, 1, 15)
+    rows = [(a, s, a * 0.2 + u[s] + rng.normal(0, 0.5)) for a in range(3) for s in range(15) for _ in range(2)]
+    df = pd.DataFrame(rows, columns=["A", "seed", "loss"]).drop(index=[3, 40]).reset_index(drop=True)
+    monkeypatch.setattr(core.inf, "mean_squares", lambda *a: None)
+    res = core.analyze(df, "loss", fixed=["A"], random=["seed"], seed_interactions="none", seed=0)
+    assert res.intervals["method"] == "Satterthwaite / delta method"
+    vc = {v["component"]: v for v in res.variance_components}
+    assert vc["seed"]["ci"] is None and vc["Residual"]["ci"] is not None
+    assert next(s for s in res.shares if s["source"] == "seed")["ci"] is None
+    assert any("seed (no mean square of its own: the fallback interval's coverage was not measured)" in n
+               for n in res.notes), res.notes

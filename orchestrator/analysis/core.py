@@ -563,9 +563,12 @@ def analyze(
                          f"({row['den_df']:.3g} denominator df), not against the residual.")
 
     sampled = {t.name: _sampled_levels(t, prep, g["levels"]) for t in reml_terms}
-    shown = {t.name: bool(ivs) and _interval_shown(sampled[t.name]) for t in reml_terms}
-    withheld = [f"{t.name} ({sampled[t.name]} sampled levels, fewer than {CI_MIN_LEVELS})" for t in reml_terms
-                if not shown[t.name] and comp[reml_terms.index(t)] > 0]
+    # the fallback (Satterthwaite / delta method) was not measured in the designs where it runs
+    measured = ivs is not None and ivs.method.startswith("generalized pivots")
+    shown = {t.name: measured and _interval_shown(sampled[t.name]) for t in reml_terms}
+    withheld = [f"{t.name} ({sampled[t.name]} sampled levels, fewer than {CI_MIN_LEVELS})" if measured else
+                f"{t.name} (no mean square of its own: the fallback interval's coverage was not measured)"
+                for t in reml_terms if not shown[t.name] and comp[reml_terms.index(t)] > 0]
     if ivs and (withheld or estimable_fixed):
         notes.append(
             "95% intervals are shown only where their coverage was measured to hold (docs/analysis.md, "
