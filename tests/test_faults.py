@@ -400,15 +400,16 @@ def assert_one_line(output: str) -> None:
     assert "Traceback" not in output, output[-3000:]
 
 
-# -- the lease, against a real SQLite store (no cluster) ------------------------------------------
+# -- the lease, against the module's MLflow server ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite store for the lease tests (creating one costs seconds); each test reads only the runs it made."""
+def store(cluster, server):
+    """The module's server as the lease tests' store (a new store costs seconds; the module
+    starts the cluster and the server anyway, together); each test reads only the runs it made."""
     from orchestrator.records import open_store
 
-    return open_store(f"sqlite:///{tmp_path_factory.mktemp('lease') / 'mlflow.db'}")
+    return open_store(server.url)
 
 
 def parent_with_lease(store, holder: str, age_s: float, ttl_s: float = 30.0, variant: str = "smoke"):
