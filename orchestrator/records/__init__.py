@@ -4,7 +4,8 @@
 * :mod:`.recorder` - :class:`ExecutionRecorder`, the driver's one writer; :class:`Mode`;
 * :mod:`.reader` - :class:`Records`, a handle on one study's records, opened once;
 * :mod:`.tags` - every tag, parameter and artifact name, defined once;
-* :mod:`.environment` - the environment fingerprint every execution records.
+* :mod:`.environment` - the environment fingerprint every execution records;
+* :mod:`.cellruns` - :class:`TrialRuns`: per-trial or per-cell child runs (very large studies).
 
 Example:
     >>> from orchestrator.records import Records                  # doctest: +SKIP
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from .cellruns import TrialRuns
 from .reader import Records, list_executions, load_curves, load_results, log_artifacts, study_status
 from .recorder import ExecutionInfo, ExecutionRecorder, Mode, new_execution_id, trial_params, trial_typed
 from .store import (
@@ -35,6 +37,7 @@ __all__ = [
     "TrackingError",
     "TrackingStore",
     "TrackingStoreError",
+    "TrialRuns",
     "list_executions",
     "load_curves",
     "load_results",

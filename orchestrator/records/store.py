@@ -12,7 +12,11 @@ The records package is the only one that imports mlflow (lazily). Layout of the 
   ``trial_id``, ``cell_id``, ``replicate``, ``study``, ``study_hash``, ``variant``,
   ``code_version``, ``execution_id``, ``lineage``, ``env.*``; the typed levels, parameters
   and seeds as JSON in the tag ``orchestrator.trial``; per-step and final metrics; a
-  failed trial's traceback as the artifact ``traceback.txt``.
+  failed trial's traceback as the artifact ``traceback.txt``; or, for an execution recorded
+  per cell (``--trial-runs per-cell``, and ``auto`` above 10,000 trials), one child run per
+  design cell (``run_kind = cell``) with aggregates over its replicates (:mod:`.cellruns`);
+* the execution's **results table** (Parquet parts, curves, run ids) as artifacts of the
+  parent run: every trial, whichever child runs there are (:mod:`.table`).
 
 Executions form **lineages**: a ``resume`` execution continues the lineage of the latest
 execution of the same variant (it runs only the trials without a FINISHED run there); a
@@ -119,8 +123,9 @@ def quiet_client(uri: str, writers: int = 1) -> None:
     * SQLite connections of this process use ``synchronous=NORMAL`` (the store is in WAL
       mode): a commit no longer waits for the disk. Every record is already fsync'd to the
       results journal first, so an OS crash loses nothing the journal cannot replay.
+      (:func:`open_store` sets this up before its first connection; readers' writes - an
+      analysis logged to its execution - can be redone.)
     """
-    global _SQLITE_PRAGMA_SET
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -128,16 +133,29 @@ def quiet_client(uri: str, writers: int = 1) -> None:
         # one kept-alive connection per writer: with fewer pooled (MLflow's default is 10), the writers
         # beyond it open a new connection per call and drop it
         os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", str(max(10, writers)))
-    if uri.startswith("sqlite:") and not _SQLITE_PRAGMA_SET:
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
+    if uri.startswith("sqlite:"):
+        _sqlite_normal_sync()
 
-        def _normal_sync(connection: Any, record: Any) -> None:
-            if isinstance(connection, sqlite3.Connection):
-                connection.execute("PRAGMA synchronous=NORMAL")
 
-        event.listen(Engine, "connect", _normal_sync)
-        _SQLITE_PRAGMA_SET = True
+def _sqlite_normal_sync() -> None:
+    """Every SQLite connection this process opens from now on commits with ``synchronous=NORMAL``.
+
+    Called by :func:`open_store` before its client opens a connection: the engine's pool keeps
+    the connections it opened, so a connection made before this (the store's check) would
+    commit with a full fsync for the rest of the process.
+    """
+    global _SQLITE_PRAGMA_SET
+    if _SQLITE_PRAGMA_SET:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def _normal_sync(connection: Any, record: Any) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            connection.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(Engine, "connect", _normal_sync)
+    _SQLITE_PRAGMA_SET = True
 
 
 @dataclass
@@ -207,6 +225,8 @@ def open_store(tracking_uri: str | None = None, *, check: bool = True) -> Tracki
     elif uri.startswith(("http://", "https://")) and check:
         _check_http(uri)
     _quiet_mlflow()
+    if path is not None:
+        _sqlite_normal_sync()  # before the first connection, which the pool keeps (see quiet_client)
     from mlflow.tracking import MlflowClient
 
     try:
