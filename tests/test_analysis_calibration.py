@@ -162,3 +162,23 @@ def test_the_unmeasured_fallback_shows_only_the_residual_interval(monkeypatch):
     assert next(s for s in res.shares if s["source"] == "seed")["ci"] is None
     assert any("seed (no mean square of its own: the fallback interval's coverage was not measured)" in n
                for n in res.notes), res.notes
+
+
+def test_without_random_terms_only_the_exact_residual_interval_is_shown():
+    # warpbreaks (R datasets; no random terms): RSS / sigma^2 ~ chi2(54) gives the residual's
+    # interval; its share would come from the unmeasured delta method and is withheld.
+    from pathlib import Path
+
+    import pandas as pd
+    from scipy import stats
+
+    from orchestrator.analysis.core import analyze
+
+    df = pd.read_csv(Path(__file__).parent / "data" / "analysis" / "warpbreaks.csv")
+    res = analyze(df, "breaks", fixed=["wool", "tension"], seed=0)
+    rss = next(r for r in res.anova if r["term"] == "Residual")["sum_sq"]
+    resid = next(v for v in res.variance_components if v["component"] == "Residual")
+    assert resid["ci"] == pytest.approx([rss / stats.chi2.ppf(0.975, 48), rss / stats.chi2.ppf(0.025, 48)])
+    assert all(s["ci"] is None for s in res.shares)
+    assert any("Withheld: shares of fixed terms, the residual's share (delta method, coverage not measured)." in n
+               for n in res.notes), res.notes

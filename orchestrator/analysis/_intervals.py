@@ -4,20 +4,20 @@
   chi2_{0.025}(df)]`` on the residual sum of squares of the model with every term as
   columns: under normality ``RSS / sigma^2 ~ chi2(df)`` whatever the random terms are, so the
   coverage is exact in balanced and unbalanced designs.
-* **Balanced designs** (every level combination of the model's factors once, equal counts):
-  generalized confidence intervals (Weerahandi 1993; Burdick, Borror & Montgomery 2005,
-  *Design and Analysis of Gauge R&R Studies*, ch. 2-3). The mean squares of the random terms
-  and the residual are independent, ``df_q MS_q / E[MS_q] ~ chi2(df_q)``, and their
-  expectations are ``E[MS] = E sigma`` (``E`` the expected-mean-squares matrix of the
-  unrestricted model). Each ``E[MS_q]`` is replaced by its generalized pivot ``df_q MS_q /
-  W_q`` (``W_q ~ chi2(df_q)``), the components by ``E^-1`` of those (floored at 0), and a share
-  by ``R_k / sum R``; the interval is the 2.5% and 97.5% quantiles over ``draws`` draws. Every
-  component and share is a function of the same pivots, so their dependence is kept.
-* **Otherwise**: a random component gets the Satterthwaite interval (Satterthwaite 1946; SAS
-  PROC MIXED's ``CL``): ``nu = 2 v^2 / Var(v)`` with ``Var`` from the inverse Hessian of the
-  REML deviance (the matrix behind the tests' Satterthwaite df), ``[nu v / chi2_{0.975}(nu),
-  nu v / chi2_{0.025}(nu)]``; a share gets the delta-method interval on the logit scale from
-  the same covariance.
+* **Random components and shares**: generalized confidence intervals (Weerahandi 1993;
+  Burdick, Borror & Montgomery 2005, *Design and Analysis of Gauge R&R Studies*, ch. 2-3) on
+  the mean squares of the random terms, ``E[MS] = E sigma`` (``E`` the expected-mean-squares
+  matrix). Each ``E[MS_q]`` is replaced by its generalized pivot ``df_q MS_q / W_q`` (``W_q ~
+  chi2(df_q)``), the components by ``E^-1`` of those (floored at 0), and a share by ``R_k /
+  sum R``; the interval is the 2.5% and 97.5% quantiles over ``draws`` draws. Every component
+  and share is a function of the same pivots, so their dependence is kept. In balanced
+  designs the mean squares are the classical ones (independent, exactly scaled chi-squares);
+  otherwise Henderson's method III (``_inference.mean_squares``), where the pivots are an
+  approximation whose coverage was measured (``calibration.coverage``).
+* **Fallback** (a random term without a mean square of its own): the Satterthwaite interval
+  of a component (Satterthwaite 1946; SAS PROC MIXED's ``CL``), ``nu = 2 v^2 / Var(v)`` with
+  ``Var`` from the inverse Hessian of the REML deviance, and the delta-method interval of a
+  share on the logit scale from the same covariance.
 
 A component estimated at 0 gets no interval. Fixed terms enter the shares' total with the
 normal approximation of their estimated variance (floored at 0); the shares of fixed terms
@@ -87,7 +87,8 @@ class Intervals:
         components: random term -> interval of its variance (None: not formed).
         residual: interval of the residual variance.
         shares: random term or "Residual" -> interval of its share (None: not formed).
-        method: "generalized pivots (balanced)" or "Satterthwaite / delta method".
+        method: "generalized pivots (balanced)", "generalized pivots (Henderson III mean squares)",
+            "Satterthwaite / delta method" or "none".
     """
 
     components: dict[str, list[float] | None]
@@ -138,22 +139,24 @@ def intervals(names: list[str], comp: np.ndarray, sigma2: float, cov: np.ndarray
     if res_ci is None:
         return Intervals(comps, res_ci, shares, "none")
     act = [int(j) for j in active]
-    balanced = mean_squares
-    if balanced is not None and draws > 0:
+    mss = mean_squares
+    if mss is not None and draws > 0:
         try:
-            inv = np.linalg.inv(balanced.ems)
+            inv = np.linalg.inv(mss.ems)
         except np.linalg.LinAlgError:
             inv = None
         if inv is not None:
-            W = rng.chisquare(balanced.df[None, :], (draws, len(balanced.df)))
-            R = np.maximum((balanced.df * balanced.ms / W) @ inv.T, 0.0)
+            W = rng.chisquare(mss.df[None, :], (draws, len(mss.df)))
+            R = np.maximum((mss.df * mss.ms / W) @ inv.T, 0.0)
             total = R.sum(axis=1) + _fixed_draws(fixed_parts, fixed_sd, draws, rng)
             for j in act:
                 comps[names[j]] = _quantiles(R[:, j], level)
                 shares[names[j]] = _quantiles(R[:, j] / total, level)
             shares["Residual"] = _quantiles(R[:, -1] / total, level)
-            method = "generalized pivots (balanced)" if balanced.exact else "generalized pivots (Henderson III mean squares)"
-            return Intervals(comps, res_ci, shares, method)
+            return Intervals(comps, res_ci, shares, "generalized pivots (balanced)" if mss.exact
+                             else "generalized pivots (Henderson III mean squares)")
+    if cov is None and names:  # random terms without their covariance: no share interval can be formed
+        return Intervals(comps, res_ci, shares, "Satterthwaite / delta method")
     for i, j in enumerate(act):
         if cov is not None:
             comps[names[j]] = satterthwaite_interval(float(comp[j]), float(cov[i, i]), level)
@@ -177,6 +180,6 @@ def intervals(names: list[str], comp: np.ndarray, sigma2: float, cov: np.ndarray
         var = float(g @ S @ g)
         if not (var >= 0 and math.isfinite(var)):
             continue
-        logit = math.log(v / rest)
-        shares[n] = [1 / (1 + math.exp(-(logit - z * math.sqrt(var)))), 1 / (1 + math.exp(-(logit + z * math.sqrt(var))))]
+        logit, half = math.log(v / rest), z * math.sqrt(var)
+        shares[n] = [1 / (1 + math.exp(-(logit - half))), 1 / (1 + math.exp(-(logit + half)))]
     return Intervals(comps, res_ci, shares, "Satterthwaite / delta method")

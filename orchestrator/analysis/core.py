@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from orchestrator.analysis import _inference as inf
 from orchestrator.analysis import _intervals as _iv
-from orchestrator.analysis._engine import Engine, Mixed, Term, _independent, basis
+from orchestrator.analysis._engine import Engine, Term, _independent, basis
 from orchestrator.analysis._prepare import Prepared, SeedInteractions, group, level_label, prepare, term_tuple
 from orchestrator.analysis.errors import AnalysisError
 from orchestrator.analysis.extras import add_diagnostics, add_spread, failure_analysis
@@ -57,8 +56,9 @@ seed x factor terms covered 0.94-0.98; with 8 seeds the seed:A share covered 0.9
 seeds the seed's 0.98-0.995 (too wide), so those are withheld."""
 SHARE_DRAWS = 20_000
 """Monte Carlo draws of the pivots behind the share intervals (the 2.5% quantile's SE is ~0.1% of its value)."""
-INTERVALS_SHOWN = (f"the residual, and every random term (main or seed x factor) estimated above 0 whose random "
-                   f"factor has at least {CI_MIN_LEVELS} levels: its variance and its share")
+INTERVALS_SHOWN = (f"the residual variance, the residual's share (with random terms), and every random term (main "
+                   f"or seed x factor) estimated above 0 whose random factor has at least {CI_MIN_LEVELS} levels: "
+                   "its variance and its share")
 
 
 _SHOW_EVERY_INTERVAL = False
@@ -573,7 +573,9 @@ def analyze(
         notes.append(
             "95% intervals are shown only where their coverage was measured to hold (docs/analysis.md, "
             f"'Intervals'): {INTERVALS_SHOWN}. Withheld: "
-            + ", ".join(["shares of fixed terms"] * bool(estimable_fixed) + withheld) + ".")
+            + ", ".join(["shares of fixed terms"] * bool(estimable_fixed)
+                        + ["the residual's share (delta method, coverage not measured)"] * (not measured)
+                        + withheld) + ".")
     vc_rows: list[dict[str, Any]] = []
     for j, t in enumerate(reml_terms):
         v = float(comp[j])
@@ -603,7 +605,7 @@ def analyze(
         shares_src += [(t.name, "random", float(comp[j])) for j, t in enumerate(reml_terms)]
         shares_src.append(("Residual", "residual", sigma2))
         total_var = sum(p[2] for p in shares_src)
-        share_shown = {n for n, ok in shown.items() if ok} | {"Residual"}
+        share_shown = {n for n, ok in shown.items() if ok} | ({"Residual"} if measured else set())
         for name, kind, v in shares_src:
             share_rows.append({"source": name, "kind": kind, "variance": _f(v * s2), "share": _f(v / total_var),
                                "ci": ivs.shares.get(name) if ivs and name in share_shown else None})
