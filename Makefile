@@ -25,8 +25,8 @@ DEMO_STUDY ?= studies/reduction_order.py
 DEMO_VARIANT ?= smoke
 demo: $(STAMP)
 	$(VENV)/bin/orchestrator run $(DEMO_STUDY) --variant $(DEMO_VARIANT) --no-progress
-	$(VENV)/bin/orchestrator analyze $(DEMO_STUDY) --variant $(DEMO_VARIANT) --bootstrap 100
-	$(VENV)/bin/orchestrator report $(DEMO_STUDY) --variant $(DEMO_VARIANT) --bootstrap 100 --out reports/demo
+	$(VENV)/bin/orchestrator analyze $(DEMO_STUDY) --variant $(DEMO_VARIANT)
+	$(VENV)/bin/orchestrator report $(DEMO_STUDY) --variant $(DEMO_VARIANT) --out reports/demo
 	@echo
 	@echo "MLflow UI:   $(VENV)/bin/orchestrator ui      (then open the printed http://127.0.0.1 URL)"
 	@echo "HTML report: reports/demo/report.html"

@@ -28,6 +28,15 @@ study = Study(
     },
 )
 
+# What changed since the previous write-up (docs/studies/adam_precision.md at commit c1fc1a0), and why: shown at the
+# end of the regenerated page (orchestrator writeup).
+CHANGES = [
+    "The analysis changed (issue #10): the seed streams' interactions with the fixed factors are random terms of the model wherever the design can estimate them; a fixed effect is tested against its expected-mean-squares error term (balanced) or with Satterthwaite degrees of freedom; a share is the variance of a term's fitted contribution in the mixed model (docs/analysis.md), so the shares sum to 1 without counting seed variance twice; and 95% intervals come from the fit and are shown only where their coverage was measured (the residual; random terms with at least 12 levels), so the share intervals of fixed terms on the previous page are gone - they did not cover.",
+    "Pure bf16 and fp16 trials now add a step's per-example gradients in the working precision (`accumulate: working`, the default since issue #12, docs/numerics.md); before, the kernel added them in float32 while the trial recorded bfloat16. fp32 trials are bit-identical to the previous run.",
+    "Which cells diverge is unchanged (bf16 with beta2 >= 0.999: every trial; the Boris bug stands). The fp16 cells that survive with eps=1e-6 moved (mean test accuracy 0.288 -> 0.412 at beta2=0.99, 0.106 -> 0.164 at 0.999), bf16 cells by at most 0.002. The share of precision:beta2 rose from 3.9% to 14.9% and the residual's fell from 4.4% to 0.5%: partly those fp16 cells, partly the new definition of a share (the previous residual share included the seed-to-seed spread that is now a seed term or the residual's own, smaller, part).",
+]
+
+
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
     from orchestrator.operations.findings import fmt, group_stats, share_sentence

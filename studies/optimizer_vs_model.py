@@ -56,14 +56,29 @@ study = Study(
 )
 
 
+# What changed since the previous write-up (docs/studies/optimizer_vs_model.md at commit c1fc1a0), and why: shown at the
+# end of the regenerated page (orchestrator writeup).
+CHANGES = [
+    "The study was rebuilt on tuning protocols (issue #11). Before: each trial walked a fixed learning-rate grid (narrow: one value; wide: five) serially and selected by training loss, with three optimizers. Now: each cell runs a random search of `budget` configurations on Ray Tune over its optimizer's own settings, selected by validation loss on a split of the training set, several searches per cell (search seeds), and the selected configuration is rerun with fresh seeds; rmsprop was added. The previous conclusion (with a wide grid on the MLP the ranking by test loss differs from the ranking by training loss) is not comparable with this design; what this page shows instead is how much of the outcome is the search's own luck (the seed_search share) and how often each optimizer ranks first when search and rerun seeds are redrawn.",
+    "The analysis changed (issue #10): the seed streams' interactions with the fixed factors are random terms of the model wherever the design can estimate them; a fixed effect is tested against its expected-mean-squares error term (balanced) or with Satterthwaite degrees of freedom; a share is the variance of a term's fitted contribution in the mixed model (docs/analysis.md), so the shares sum to 1 without counting seed variance twice; and 95% intervals come from the fit and are shown only where their coverage was measured (the residual; random terms with at least 12 levels), so the share intervals of fixed terms on the previous page are gone - they did not cover.",
+]
+
+
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``): the ranking per model and budget."""
     from orchestrator.analysis.ranking import ranking_stability
-    from orchestrator.operations.findings import finished
+    from orchestrator.operations.findings import finished, random_share, share_sentence
 
     ok = finished(df)
-    result = ranking_stability(ok, "optimizer", "test_loss", by=["model", "budget"], replicates=2000)
-    out = []
+    result = ranking_stability(ok, "optimizer", "test_loss", by=["model", "budget"], replicates=2000,
+                               order=study.factors[0].all_levels)
+    out = [share_sentence(analysis, k=4)]
+    search = random_share(analysis, ["seed_search"])
+    fixed = sum(s["share"] for s in analysis.get("shares") or [] if s.get("kind") == "fixed" and s.get("share") is not None)
+    out.append(f"The search seed (which configurations a cell's search drew) accounts for {100 * search:.1f}% of the variance of "
+               f"the log test loss, the design's factors together for {100 * fixed:.1f}%: "
+               + ("at these budgets, which search a cell got matters more than which optimizer it tuned." if search > fixed else
+                  "the factors matter more than the luck of the search."))
     for (model, budget), ranks in result.ranks.groupby(["model", "budget"]):
         ranks = ranks.sort_values("rank")
         best = ranks.iloc[0]

@@ -30,6 +30,14 @@ study = Study(
     },
 )
 
+# What changed since the previous write-up (docs/studies/screening.md at commit c1fc1a0), and why: shown at the
+# end of the regenerated page (orchestrator writeup).
+CHANGES = [
+    "The analysis changed (issue #10): the seed streams' interactions with the fixed factors are random terms of the model wherever the design can estimate them; a fixed effect is tested against its expected-mean-squares error term (balanced) or with Satterthwaite degrees of freedom; a share is the variance of a term's fitted contribution in the mixed model (docs/analysis.md), so the shares sum to 1 without counting seed variance twice; and 95% intervals come from the fit and are shown only where their coverage was measured (the residual; random terms with at least 12 levels), so the share intervals of fixed terms on the previous page are gone - they did not cover.",
+    "Pure bf16 and fp16 trials now add a step's per-example gradients in the working precision (`accumulate: working`, the default since issue #12, docs/numerics.md); before, the kernel added them in float32 while the trial recorded bfloat16. fp32 trials are bit-identical to the previous run. Here that moves the 3 trials with sgd, bf16 and `fixed` order by 0.002 in test accuracy; the screen's ranking of main effects (lr, optimizer, reduction_order) and the aliases are unchanged.",
+]
+
+
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
     from orchestrator.operations.findings import finished, fmt, share_sentence

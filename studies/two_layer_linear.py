@@ -48,6 +48,14 @@ study = Study(
     },
 )
 
+# What changed since the previous write-up (docs/studies/two_layer_linear.md at commit c1fc1a0), and why: shown at the
+# end of the regenerated page (orchestrator writeup).
+CHANGES = [
+    "The analysis changed (issue #10): the seed streams' interactions with the fixed factors are random terms of the model wherever the design can estimate them; a fixed effect is tested against its expected-mean-squares error term (balanced) or with Satterthwaite degrees of freedom; a share is the variance of a term's fitted contribution in the mixed model (docs/analysis.md), so the shares sum to 1 without counting seed variance twice; and 95% intervals come from the fit and are shown only where their coverage was measured (the residual; random terms with at least 12 levels), so the share intervals of fixed terms on the previous page are gone - they did not cover.",
+    "Every trial reproduced the previous run's final loss exactly (396 of 396); the conclusions are unchanged. The third-largest share is now `model` (0.4%) where it was `optimizer/lr:model` (0.4%): the shares are now variances of fitted contributions.",
+]
+
+
 def findings(df, analysis):
     """Sentences computed from the run (used by ``orchestrator writeup``)."""
     import math

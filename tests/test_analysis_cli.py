@@ -130,3 +130,18 @@ def test_seed_interactions_option_turns_the_default_terms_off():
     assert doc["model"]["seed_interactions"] == "none" and len(doc["model"]["random_terms"]) == 1
     bad = CliRunner().invoke(analyze, args + ["--seed-interactions", "all"])
     assert bad.exit_code == 2 and "'all' is not one of 'none', 'main'" in bad.output
+
+
+def test_no_intervals_and_the_deprecated_bootstrap_zero_both_leave_the_intervals_out(tmp_path):
+    path = tmp_path / "dye.csv"
+    pd.read_csv(DATA / "dyestuff.csv").to_csv(path, index=False)
+    base = ["--csv", str(path), "--response", "Yield", "--random", "Batch", "--format", "json"]
+    docs = {}
+    for name, extra in {"on": [], "off": ["--no-intervals"], "zero": ["--bootstrap", "0"], "old": ["--bootstrap", "200"]}.items():
+        res = CliRunner().invoke(analyze, base + extra)
+        assert res.exit_code == 0, res.output
+        docs[name] = json.loads(res.output)
+    residual = {k: next(r for r in d["variance_components"] if r["component"] == "Residual") for k, d in docs.items()}
+    assert residual["on"]["ci"] is not None and residual["old"]["ci"] == residual["on"]["ci"]
+    assert residual["off"]["ci"] is None and residual["zero"]["ci"] is None
+    assert "--bootstrap" not in CliRunner().invoke(analyze, ["--help"]).output  # deprecated: hidden

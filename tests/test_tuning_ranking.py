@@ -88,7 +88,11 @@ def test_a_tuned_study_asks_for_its_ranking_and_gets_the_rank_plot(tmp_path):
         metrics={"test_loss": "minimize"}, analysis={"ranking": "optimizer"}, variants={"smoke": Variant(), "full": Variant()},
     )
     df = simulated({"sgd": 1.0, "momentum": 0.5, "adam": 2.0}, seed=6).assign(state="FINISHED", diverged=0.0)
-    result, plots = study_ranking(study, df, "test_loss", str(tmp_path), replicates=300)
+    shuffled = df.sample(frac=1.0, random_state=1)  # rows in any order: the tables list the declared order
+    result, plots = study_ranking(study, shuffled, "test_loss", str(tmp_path), replicates=300)
+    assert list(result.pairs.loc[result.pairs["budget"] == 4, ["a", "b"]].itertuples(index=False, name=None)) == [
+        ("sgd", "momentum"), ("sgd", "adam"), ("momentum", "adam")]
+    assert list(result.ranks.loc[result.ranks["budget"] == 16, "level"]) == ["sgd", "momentum", "adam"]
     assert result.by == ("budget",) and list(result.ranks[result.ranks["rank"] == 1]["level"]) == ["momentum", "momentum"]
     assert plots == [str(tmp_path / "ranking_optimizer.png")] and (tmp_path / "ranking_optimizer.png").is_file()
     unranked = Study(name="plain", workload="synthetic", factors=[Factor("optimizer", ["a", "b"])], metrics={"response": "minimize"}, variants={"smoke": Variant(), "full": Variant()})

@@ -109,6 +109,18 @@ def _check(df: "pd.DataFrame", needed: Sequence[str]) -> None:
         )
 
 
+def _level_order(column: "pd.Series", order: Sequence[Any] | None) -> list[Any]:
+    """The levels present in ``column``: those of ``order`` first (matched as text too), then the rest as they appear."""
+    import pandas as pd
+
+    seen = list(pd.unique(column))
+    if not order:
+        return seen
+    by_text = {str(v): v for v in seen}
+    ranked = [by_text[str(lv)] for lv in order if str(lv) in by_text]
+    return ranked + [v for v in seen if v not in ranked]
+
+
 def ranking_stability(
     df: "pd.DataFrame",
     factor: str,
@@ -120,6 +132,7 @@ def ranking_stability(
     goal: str = "minimize",
     replicates: int = 2000,
     seed: int = 0,
+    order: Sequence[Any] | None = None,
 ) -> RankingStability:
     """Pairwise win probabilities and ranks of the levels of ``factor``, per group of ``by``.
 
@@ -133,6 +146,8 @@ def ranking_stability(
         goal: ``minimize`` or ``maximize`` the metric.
         replicates: bootstrap replicates for ``p_mean`` and the ranks.
         seed: seed of the bootstrap.
+        order: the levels of ``factor`` in the order the tables list them (a study's declared
+            order); default: the order in which they first appear in ``df``.
 
     Raises:
         AnalysisError: a column is missing, the goal is unknown, or a group has fewer than two levels.
@@ -153,7 +168,8 @@ def ranking_stability(
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
         labels = dict(zip(by, key))
-        levels = [lv for lv in pd.unique(df[factor]) if lv in set(group[factor])]
+        present = set(group[factor])
+        levels = [lv for lv in _level_order(df[factor], order) if lv in present]
         if len(levels) < 2:
             raise AnalysisError(f"ranking stability: group {labels or 'all'} has {len(levels)} level(s) of {factor!r} with a finite {metric!r}; expected at least two to rank")
         # per level: a list of arrays, one per search seed, of the rerun values (signed: lower is better)
@@ -173,9 +189,9 @@ def ranking_stability(
                 totals += times * values[draws].mean(axis=1)
                 counts += times
             boot[:, j] = totals / counts
-        order = boot.argsort(axis=1, kind="stable")
-        boot_ranks = np.empty_like(order)
-        np.put_along_axis(boot_ranks, order, np.arange(1, len(levels) + 1)[None, :].repeat(replicates, axis=0), axis=1)
+        by_value = boot.argsort(axis=1, kind="stable")
+        boot_ranks = np.empty_like(by_value)
+        np.put_along_axis(boot_ranks, by_value, np.arange(1, len(levels) + 1)[None, :].repeat(replicates, axis=0), axis=1)
         observed = {lv: float(np.concatenate(nested[lv]).mean()) for lv in levels}
         observed_rank = {lv: r + 1 for r, lv in enumerate(sorted(levels, key=lambda lv: observed[lv]))}
         for j, lv in enumerate(levels):
@@ -266,7 +282,9 @@ def study_ranking(study: Any, df: "pd.DataFrame", metric: str, folder: str | Non
     by = [name for name in study.factor_names if name != factor]
     search = "seed_index_search" if "seed_index_search" in data.columns else "replicate"
     goal = next((m.goal.value if hasattr(m.goal, "value") else str(m.goal) for m in study.metrics if m.name == metric), "minimize")
-    result = ranking_stability(data, factor, metric, by=by, search=search, rerun="replicate", goal=goal, replicates=replicates)
+    declared = next((list(f.all_levels) for f in study.factors if f.name == factor), None)
+    result = ranking_stability(data, factor, metric, by=by, search=search, rerun="replicate", goal=goal, replicates=replicates,
+                               order=declared)
     plots: list[str] = []
     tuning = getattr(study, "tuning", None)
     budget = tuning.the_budget.factor if tuning is not None else None

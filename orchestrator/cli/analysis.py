@@ -55,6 +55,11 @@ def _prepare(study: str | None, csv: str | None, variant: str | None, metric: st
     return df, choice
 
 
+def _draws(intervals: bool, bootstrap: int | None) -> int:
+    """What ``analyze(bootstrap=...)`` takes: 0 for no intervals, else the default (the deprecated ``--bootstrap 0`` is ``--no-intervals``)."""
+    return 0 if not intervals or bootstrap == 0 else 200
+
+
 def _run(df: "pd.DataFrame", choice: dict[str, Any], interactions: int | None, log: bool | None, bootstrap: int, seed: int,
          spread_by: str | None) -> "AnalysisResult":
     from orchestrator.analysis import AnalysisError, analyze as run_analysis
@@ -103,9 +108,11 @@ def _common(fn):
         click.option("--interactions", type=click.IntRange(min=1), default=None,
                      help="Highest interaction order among fixed factors (default: the study's, else 2)."),
         click.option("--log/--no-log", default=None, help="Analyse log(response) (for losses); default: the study's analysis setting, else no."),
-        click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
-                     help="Bootstrap replicates for the intervals (0: none)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option("--intervals/--no-intervals", default=True, show_default=True,
+                     help="95% intervals, computed from the fit; only those whose coverage was measured are shown."),
+        click.option("--bootstrap", type=click.IntRange(min=0), default=None, hidden=True,
+                     help="Deprecated (the intervals no longer come from a bootstrap): 0 is --no-intervals, any other value --intervals."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the intervals' Monte Carlo draws."),
         click.option("--spread-by", default=None, help="Fixed factor within whose levels to estimate components."),
         click.option("--seed-interactions", type=click.Choice(["none", "main"]), default=None, expose_value=False,
                      callback=lambda ctx, _param, value: ctx.meta.__setitem__("seed_interactions", value),
@@ -129,7 +136,7 @@ def _common(fn):
 @click.option("--power", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True)
 def analyze(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
-            fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, bootstrap: int, seed: int,
+            fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, intervals: bool, bootstrap: int | None, seed: int,
             spread_by: str | None, tracking_uri: str | None, record: bool, fmt: str, plan_replicates: bool,
             effect_size: float | None, power: float, alpha: float) -> None:
     """Attribute the variance of a metric to each factor of STUDY, or of a CSV (--csv).
@@ -143,7 +150,7 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
         raise click.BadParameter("--plan-replicates needs --effect-size X > 0 (a difference in response units)",
                                  param_hint="--effect-size")
     df, choice = _prepare(study, csv, variant, metric, response, fixed, random_, tracking_uri)
-    result = _run(df, choice, interactions, log, bootstrap, seed, spread_by)
+    result = _run(df, choice, interactions, log, _draws(intervals, bootstrap), seed, spread_by)
     if plan_replicates:
         from orchestrator.analysis import AnalysisError
 
@@ -165,7 +172,7 @@ def analyze(study: str | None, variant: str | None, metric: str | None, csv: str
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Folder for report.md, report.html and the plots (default: reports/<name>).")
 def report(study: str | None, variant: str | None, metric: str | None, csv: str | None, response: str | None,
-           fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, bootstrap: int, seed: int,
+           fixed: str | None, random_: str | None, interactions: int | None, log: bool | None, intervals: bool, bootstrap: int | None, seed: int,
            spread_by: str | None, tracking_uri: str | None, record: bool, out: str | None) -> None:
     """Write a Markdown and a self-contained HTML report with plots; for a STUDY, log them to MLflow.
 
@@ -177,7 +184,7 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
     from orchestrator.analysis import write_report
 
     df, choice = _prepare(study, csv, variant, metric, response, fixed, random_, tracking_uri)
-    result = _run(df, choice, interactions, log, bootstrap, seed, spread_by)
+    result = _run(df, choice, interactions, log, _draws(intervals, bootstrap), seed, spread_by)
     name = choice["study"].name if choice["study"] is not None else Path(str(csv)).stem
     folder = Path(out) if out else Path("reports") / name
     ranking = None
@@ -207,12 +214,16 @@ def report(study: str | None, variant: str | None, metric: str | None, csv: str 
 @click.option("--no-run", is_flag=True, help="Use the latest execution instead of running the study again.")
 @address_option
 @tracking_uri_option
-@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True)
-def writeup(study: str, variant: str | None, out: str, no_run: bool, address: str | None, tracking_uri: str | None, bootstrap: int) -> None:
+@click.option("--intervals/--no-intervals", default=True, show_default=True,
+              help="95% intervals, computed from the fit; only those whose coverage was measured are shown.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=None, hidden=True,
+              help="Deprecated: 0 is --no-intervals, any other value --intervals.")
+def writeup(study: str, variant: str | None, out: str, no_run: bool, address: str | None, tracking_uri: str | None,
+            intervals: bool, bootstrap: int | None) -> None:
     """Run STUDY, analyse it and write its page docs/studies/<name>.md (numbers from the run)."""
     from orchestrator.definition.loader import load_study
     from orchestrator.operations.writeup import write_page
 
     loaded = load_study(study, variant)
-    page = write_page(loaded, out, run=not no_run, tracking_uri=tracking_uri, address=address, bootstrap=bootstrap)
+    page = write_page(loaded, out, run=not no_run, tracking_uri=tracking_uri, address=address, bootstrap=_draws(intervals, bootstrap))
     click.echo(f"wrote {page}")
