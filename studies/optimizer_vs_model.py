@@ -77,7 +77,9 @@ def findings(df, analysis):
     fixed = sum(s["share"] for s in analysis.get("shares") or [] if s.get("kind") == "fixed" and s.get("share") is not None)
     out.append(f"The search seed (which configurations a cell's search drew) accounts for {100 * search:.1f}% of the variance of "
                f"the log test loss, the design's factors together for {100 * fixed:.1f}%: "
-               + ("at these budgets, which search a cell got matters more than which optimizer it tuned." if search > fixed else
+               + ("at these budgets the luck of the search weighs about as much as optimizer, model and budget together."
+                  if abs(search - fixed) < 0.05 else
+                  "at these budgets, which search a cell got matters more than which optimizer it tuned." if search > fixed else
                   "the factors matter more than the luck of the search."))
     for (model, budget), ranks in result.ranks.groupby(["model", "budget"]):
         ranks = ranks.sort_values("rank")
