@@ -120,12 +120,20 @@ class Server:
         self.proc = None
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path / "server")
+@pytest.fixture(scope="module")
+def _module_server(tmp_path_factory):
+    """One server for the module's fault scenarios (distinct study names); each leaves it running."""
+    srv = Server(tmp_path_factory.mktemp("server"))
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def server(_module_server):
+    if _module_server.proc is None:  # an earlier test failed while it was stopped
+        _module_server.start()
+    return _module_server
 
 
 def wait_for(condition, timeout: float = 300.0, what: str = "condition") -> None:

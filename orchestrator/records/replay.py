@@ -53,6 +53,7 @@ class SyncReport:
         written: trial runs written or completed from a journal.
         already: pending trials whose run turned out to be complete in the store already.
         duplicates_deleted: extra runs of one (execution, trial) removed.
+        cells: cell runs written for executions recorded per cell.
         parents_closed: parent runs closed.
         left_pending: records still pending (the store refused them).
         errors: why, for the first few.
@@ -62,6 +63,7 @@ class SyncReport:
     written: int = 0
     already: int = 0
     duplicates_deleted: int = 0
+    cells: int = 0
     parents_closed: int = 0
     left_pending: int = 0
     errors: list[str] = field(default_factory=list)
@@ -73,6 +75,8 @@ class SyncReport:
             f"{study}: {self.journals} journal(s) replayed: {self.written} trial runs written, {self.already} already in the store, "
             f"{self.parents_closed} execution(s) closed"
         )
+        if self.cells:
+            text += f", {self.cells} cell runs written"
         if self.duplicates_deleted:
             text += f", {self.duplicates_deleted} duplicate runs removed"
         if self.left_pending:
@@ -157,6 +161,7 @@ def sync_study(store: TrackingStore, study: str, *, retry_budget_s: float = 10.0
             if not cells_done:
                 try:
                     cells_done, recorded = _write_cells(store, header, entries, pool)
+                    report.cells += len({run_id for run_id in recorded.values() if run_id})
                 except Exception as exc:  # noqa: BLE001 - the store is down: the cells stay pending
                     report.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 if cells_done:
