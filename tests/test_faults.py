@@ -723,3 +723,6 @@ def test_a_gpu_without_the_free_memory_a_trial_needs_is_a_retried_loss_placed_el
     assert not any("7.9 GB" in why for why in reasons.values())  # the 8 GB node never got one
     parent = execution_runs(server, study.name)[-1]
     assert parent.info.status == "FINISHED" and parent.data.metrics["retries_used"] == len(refused)
+    assert parent.data.metrics["trials_retried_gpu_memory"] == len(refused)
+    plural = "s" if len(refused) != 1 else ""
+    assert f"{len(refused)} trial{plural} retried because a node had too little free GPU memory" in output

@@ -106,6 +106,7 @@ class ExecutionSummary:
             "trials_diverged": self.diverged,
             "trials_killed": self.killed,
             "trials_retried_node_lost": self.retried.get("node lost", 0),
+            "trials_retried_gpu_memory": self.retried.get("gpu memory", 0),
             "retries_used": self.retries_used,
         }
 
@@ -118,6 +119,9 @@ class ExecutionSummary:
         lost = self.retried.get("node lost", 0)
         if lost:
             text += f"; {lost} trial{'s' if lost != 1 else ''} retried because a node was lost"
+        short = self.retried.get("gpu memory", 0)
+        if short:
+            text += f"; {short} trial{'s' if short != 1 else ''} retried because a node had too little free GPU memory"
         if self.interrupted:
             text += "; interrupted - run again to resume"
         if self.error:
