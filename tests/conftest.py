@@ -27,12 +27,23 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    """One local Ray for the whole session (2 CPUs, no dashboard).
+
+    A start that times out (a loaded machine: "The current node timed out during startup")
+    is tried once more before the tests that need Ray fail.
+    """
     import ray
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        for attempt in (1, 2):
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+                break
+            except Exception as exc:  # Ray raises a bare Exception for a start-up timeout
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
         started = True
     yield ray
     if started:

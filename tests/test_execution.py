@@ -166,7 +166,7 @@ def test_live_curves_reach_the_store_while_a_long_trial_runs(write_study, tracki
     thread.start()
     client = open_store(tracking_uri, check=False).client
     seen_running = []
-    deadline = time.time() + 30
+    deadline = time.time() + 180  # Ray's start on a loaded machine can take most of a minute
     while thread.is_alive() and time.time() < deadline:
         runs = [r for r in trial_runs(tracking_uri, "live") if r.info.status == "RUNNING"]
         if runs:
