@@ -125,9 +125,13 @@ print(json.dumps({"hash": r.info.get("param_hash"), "state": r.state.value, "err
 def test_fixed_order_is_bit_identical_across_processes():
     trial = make_trial("digits", epochs=1, width=16, reduction_order="fixed", precision="fp32")
     hashes = []
-    for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(trial.to_dict())], capture_output=True, text=True, check=True)
-        data = json.loads(out.stdout.strip().splitlines()[-1])
+    # two processes at once (one per core): each imports torch and trains on its own
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(trial.to_dict())], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for child in children:
+        stdout, stderr = child.communicate(timeout=300)
+        assert child.returncode == 0, stderr[-2000:]
+        data = json.loads(stdout.strip().splitlines()[-1])
         assert data["state"] == "FINISHED", data["error"]
         hashes.append(data["hash"])
     assert hashes[0] == hashes[1] and len(hashes[0]) == 64
