@@ -18,13 +18,13 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_file import replace_section  # noqa: E402  (bench/, the script's own folder)
 
 from orchestrator import Factor, Study, Variant, make_plan  # noqa: E402
 from orchestrator.records.environment import fingerprint  # noqa: E402
@@ -146,14 +146,8 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def write_section(path: Path, table: str) -> None:
-    """Replace the '## Dispatch' section (up to the next '## ' heading) and keep everything else."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## Dispatch\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda m: table + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + table + "\n"
-    path.write_text(text)
+    """Replace the '## Dispatch' section of ``path`` (up to the next heading); keep everything else."""
+    replace_section(path, "## Dispatch", table)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import replace_section  # bench/, the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "350d254"  # main just before the columnar planner (#16)
 
@@ -233,15 +235,8 @@ def render(rows: list[dict[str, Any]], starts: list[dict[str, Any]], sizes: list
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace the '## Plans and start-up' section (up to the next '## ' heading); keep the rest."""
-    body = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = body.find("## Plans and start-up")
-    if start < 0:
-        body = body.rstrip("\n") + "\n\n" + text
-    else:
-        end = body.find("\n## ", start + 1)
-        body = body[:start] + text + (body[end + 1:] if end >= 0 else "")
-    path.write_text(body)
+    """Replace the '## Plans and start-up' section of ``path`` (up to the next heading); keep everything else."""
+    replace_section(path, "## Plans and start-up", text)
 
 
 def main() -> None:

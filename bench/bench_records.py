@@ -55,6 +55,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_file import replace_section  # noqa: E402  (bench/, the script's own folder)
 
 from orchestrator import Factor, Study, Variant, make_plan  # noqa: E402
 
@@ -548,15 +549,8 @@ def render(rows: list[dict[str, Any]], extras: dict[str, Any], args: argparse.Na
 
 
 def write_section(path: Path, table: str) -> None:
-    """Replace the '## Records' section (up to the next '## ' heading) and keep everything else."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = text.find("## Records")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
+    """Replace the '## Records' section of ``path`` (up to the next heading); keep everything else."""
+    replace_section(path, "## Records", table)
 
 
 if __name__ == "__main__":

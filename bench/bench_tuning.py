@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results_file import replace_section  # noqa: E402  (bench/, the script's own folder)
 
 from orchestrator.tuning import Budget, LogUniform, Tuning, plan_searches  # noqa: E402
 
@@ -124,13 +124,8 @@ def render(rows: list[dict]) -> str:
 
 
 def write_section(path: Path, table: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = f"## Tuning\n\n{table}\n"
-    if "## Tuning\n" in text:
-        text = re.sub(r"## Tuning\n.*?(?=\n## |\Z)", section.rstrip("\n") + "\n", text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    """Replace the '## Tuning' section of ``path``."""
+    replace_section(path, "## Tuning", f"## Tuning\n\n{table}")
 
 
 if __name__ == "__main__":
