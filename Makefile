@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # The type check runs first (mypy, config in pyproject.toml: strict on the core layers).
 test: typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
