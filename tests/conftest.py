@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +58,20 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite MLflow store shared by the session (tests use distinct study names)."""
     folder = tmp_path_factory.mktemp("mlflow")
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def wait_for_health(url: str, proc: "subprocess.Popen[str] | subprocess.Popen[bytes]", log: Path, timeout: float = 300,
+                    every: float = 0.5) -> None:
+    """Until the server at ``url`` answers ``/health``; fails with the end of its ``log`` if it exits or the time runs out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"mlflow server at {url} did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(every)
 
 
 def free_port() -> int:

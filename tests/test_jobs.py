@@ -19,6 +19,7 @@ instances on this machine are not ours).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, wait_for_health
 from test_jobs_placement import python_without_mlflow
 from orchestrator import load_study
 from orchestrator.cli import main
@@ -141,19 +141,9 @@ class Cluster:
 
     def wait_for_server(self, timeout: float = 300) -> None:
         """Until the server answers /health; then it gets back the normal scheduling priority (where allowed)."""
-        deadline = time.time() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.server + "/health", timeout=2):
-                    break
-            except OSError:
-                if self.server_proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"cluster.yaml's mlflow server did not start: {self.server_log.read_text()[-2000:]}")
-                time.sleep(0.5)
-        try:
+        wait_for_health(self.server, self.server_proc, self.server_log, timeout)
+        with contextlib.suppress(PermissionError):  # raising a priority back needs CAP_SYS_NICE; without it the server stays niced
             os.setpriority(os.PRIO_PGRP, self.server_proc.pid, 0)
-        except OSError:
-            pass  # not allowed here: it stays a little slower
 
 
 def start_head(temp_dir: str, dashboard: int) -> subprocess.CompletedProcess[str]:

@@ -8,19 +8,17 @@ twice" is checked from what actually ran, not from the records.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, wait_for_health
 from orchestrator import load_study
 from orchestrator.execution.runner import run_study
 from orchestrator.records import Records, open_store
@@ -98,15 +96,7 @@ class Server:
              "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.time() + 300  # a loaded 2-core machine takes a minute or more
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.3)
+        wait_for_health(self.url, self.proc, self.folder / "server.log", timeout=300, every=0.3)  # a loaded 2-core machine takes a minute or more
 
     def stop(self) -> None:
         if self.proc is None:

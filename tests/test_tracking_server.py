@@ -11,11 +11,10 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for_health
 from orchestrator import load_study
 from orchestrator.execution import run_study
 from orchestrator.records import load_results
@@ -42,15 +41,7 @@ def mlflow_server(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
+        wait_for_health(base, proc, tmp_path / "server.log", timeout=90)
         yield base, f"sqlite:///{db}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the group this fixture started: the server and its workers
