@@ -77,6 +77,12 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def not_one_of(what: str, value: object, names: Iterable[str]) -> str:
+    """The message for a name outside a fixed set: 'what: expected one of a, b, found 'x'. Did you mean "a"? Valid: a, b.'"""
+    names = [str(n) for n in names]
+    return f"{what}: expected one of {', '.join(names)}, found {value!r}. {did_you_mean(str(value), names)}"
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """A hint sentence: 'Did you mean "x"? Valid: a, b, c.' (or only the valid list)."""
     candidates = sorted(str(c) for c in candidates)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OrchestratorError, did_you_mean
+from ..errors import OrchestratorError, not_one_of
 from ..records.recorder import Mode
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Format(str, enum.Enum):
             return cls(value)
         except ValueError:
             names = [f.value for f in cls]
-            raise ScheduleError(f"--format: expected one of {', '.join(names)}, found {value!r}. {did_you_mean(str(value), names)}") from None
+            raise ScheduleError(not_one_of("--format", value, names)) from None
 
 
 FORMATS = tuple(f.value for f in Format)

@@ -40,7 +40,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ..errors import OrchestratorError, did_you_mean
+from ..errors import OrchestratorError, not_one_of
 from . import tags as T
 from .store import BATCH_KEYS, BATCH_METRICS, PARAM_MAX, TAG_MAX, TrackingStore, chunks, clip, metric_entities, now_ms, param_entities, tag_entities
 from .table import METRIC_PREFIX
@@ -108,8 +108,7 @@ class TrialRuns(str, enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            names = [m.value for m in cls]
-            raise OrchestratorError(f"trial runs: expected one of {', '.join(names)}, found {value!r}. {did_you_mean(str(value), names)}".rstrip()) from None
+            raise OrchestratorError(not_one_of("trial runs", value, [m.value for m in cls])) from None
 
     def resolve(self, trials: int) -> "TrialRuns":
         """``PER_TRIAL`` or ``PER_CELL`` for a plan of ``trials`` trials (``AUTO`` decided by the threshold)."""

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import OrchestratorError, did_you_mean
+from ..errors import OrchestratorError, did_you_mean, not_one_of
 from . import tags as T
 from .store import TrackingError, TrackingStore, open_store
 
@@ -65,7 +65,7 @@ class ResultsSource(str, enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            raise OrchestratorError(f"results source: expected one of {', '.join(s.value for s in cls)}, found {value!r}. {did_you_mean(str(value), [s.value for s in cls])}") from None
+            raise OrchestratorError(not_one_of("results source", value, [s.value for s in cls])) from None
 
 
 class Records:
