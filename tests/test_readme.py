@@ -29,9 +29,10 @@ def test_the_two_commands_are_make_demo_and_make_test_and_ci_runs_the_second():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_everyday_commands_run_as_written(ray_session, tmp_path, monkeypatch):
+def test_everyday_commands_run_as_written(ray_session, tracking_uri, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # the session's store: test_studies' smoke run of the same study then resumes these trials instead of running them again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     commands = block("## Everyday use")
     assert commands[0] == ". .venv/bin/activate"
     for line in commands[1:]:

@@ -40,8 +40,23 @@ def test_adam_precision_plan_shows_the_boris_bug():
     assert any("beta2 = 0.999 rounds to 1.0 in bfloat16" in m for m in messages)
 
 
-@pytest.mark.parametrize("name", STUDIES)
+# data_parallel_order's smoke run (two Ray Train trials, the suite's costliest trials) is run and
+# analysed by tests/test_data_parallel.py, which also checks its numbers: not run twice.
+SMOKE_HERE = [name for name in STUDIES if name != "data_parallel_order"]
+
+
+def test_every_smoke_variant_runs_in_the_suite():
+    assert "test_the_study_smoke_run_on_gloo_workers_differs_bitwise_in_bf16_and_analyzes" in (ROOT / "tests" / "test_data_parallel.py").read_text()
+    assert set(STUDIES) - set(SMOKE_HERE) == {"data_parallel_order"}
+
+
+@pytest.mark.parametrize("name", SMOKE_HERE)
 def test_smoke_variant_runs_and_analyzes(name, ray_session, tracking_uri):
+    smoke_runs_and_analyzes(name, tracking_uri)
+
+
+def smoke_runs_and_analyzes(name: str, tracking_uri: str) -> dict:
+    """Run a study's smoke variant and analyse it (JSON); returns the analysis."""
     study = load_study(ROOT / "studies" / f"{name}.py", "smoke")
     summary = run_study(study, tracking_uri=tracking_uri, progress=False)
     assert summary.exit_code == 0, summary.line()
@@ -54,6 +69,7 @@ def test_smoke_variant_runs_and_analyzes(name, ray_session, tracking_uri):
     analysis = json.loads(result.output)
     assert analysis["n_total"] == summary.planned
     assert analysis["shares"] or analysis["anova"]
+    return analysis
 
 
 def test_writeup_regenerates_a_page_from_a_run(ray_session, tmp_path):
