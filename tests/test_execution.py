@@ -244,3 +244,52 @@ def test_max_concurrent_limits_trials_in_flight(write_study, tracking_uri):
     assert summary.finished == 4
     spans = sorted((r.info.start_time, r.info.end_time) for r in trial_runs(tracking_uri, "one_at_a_time"))
     assert all(end <= next_start + 5 for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
+LEAN_START = """
+import json, os, sys
+from pathlib import Path
+import ray
+from orchestrator.execution.ray_backend import connect
+
+connection = connect(num_cpus=1)
+session = connection.node.get_session_dir_path()
+pid = ray.get(ray.remote(lambda: os.getpid()).remote())
+commands = []
+for entry in Path("/proc").iterdir():
+    try:
+        words = (entry / "cmdline").read_bytes().decode(errors="replace").split("\\0")
+    except OSError:
+        continue
+    if entry.name.isdigit() and any(session in w for w in words):
+        commands.append(words)
+connection.close()
+print(json.dumps({"session": session, "worker": pid, "commands": commands}))
+"""
+
+
+def test_the_embedded_ray_starts_without_its_api_server_on_free_ports_and_stops_every_process(subprocess_env):
+    """The embedded node (ray_backend._start_embedded): no dashboard head process (ray.init waits for
+    it: 1.5-2 s of every start), the agent on a free port instead of Ray's fixed 52365 (which a
+    second Ray on the machine - this session's - already holds), and nothing left after close()."""
+    import subprocess
+    import sys
+
+    subprocess_env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", LEAN_START], env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    programs = [" ".join(words) for words in report["commands"]]
+    assert any("raylet/raylet" in p for p in programs) and any("gcs_server" in p for p in programs)
+    assert not any("dashboard/dashboard.py" in p for p in programs), programs
+    agent = next(p for p in programs if "dashboard/agent.py" in p)
+    assert "--listen-port=52365" not in agent and "--listen-port=" in agent
+    left = [pid for pid in Path("/proc").iterdir() if pid.name.isdigit() and report["session"] in _cmdline(pid)]
+    assert not left, [_cmdline(pid) for pid in left]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""

@@ -27,6 +27,7 @@ call of the driver that fails for any other reason becomes a
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -51,10 +52,15 @@ class RayAddressError(OrchestratorError):
 
 @dataclass
 class RayConnection:
-    """A connection to Ray, and whether we started it (then we also shut it down)."""
+    """A connection to Ray, and whether we started it (then we also shut it down).
+
+    ``node``: the embedded node this connection started itself (see :func:`_start_embedded`),
+    whose processes :meth:`close` stops; ``None`` for a cluster joined or a plain ``ray.init``.
+    """
 
     address: str | None
     started: bool
+    node: Any = None
 
     def close(self) -> None:
         """Shut Ray down if this connection started it; leave a Ray someone else started alone."""
@@ -62,6 +68,54 @@ class RayConnection:
 
         if self.started and ray.is_initialized():
             ray.shutdown()
+        if self.node is not None:
+            node, self.node = self.node, None
+            _stop_node(node)
+
+
+def _stop_node(node: Any) -> None:
+    """Stop an embedded node's processes (idempotent: the node forgets the processes it killed)."""
+    node.kill_all_processes(check_alive=False, allow_graceful=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_embedded(num_cpus: int | None) -> Any:
+    """Start the embedded Ray node: what ``ray.init(address="local")`` starts, less two costs.
+
+    * No API server (Ray's dashboard head process). Without the dashboard it would only host
+      usage statistics, which an embedded run turns off, yet ``ray.init`` waits for it to come
+      up before it starts the raylet: 1.5-2 s of every start on 2 cores (bench/RESULTS.md,
+      Plans and start-up).
+    * The node's dashboard agent listens on a free port instead of Ray's fixed 52365: with a
+      second Ray on the machine (another study, a test session) the agent otherwise retries
+      that port for 3.4 s before the raylet can register.
+
+    The node is started through Ray's own ``Node`` class (``ray._private``, the pinned Ray
+    2.60): returns ``None`` where that interface is not what this code expects, and the
+    caller then starts Ray with a plain ``ray.init``.
+    """
+    try:
+        from ray._common.usage import usage_lib
+        from ray._private import node as ray_node
+        from ray._private import parameter
+        from ray._private.authentication.authentication_token_setup import enable_token_auth_by_default, ensure_token_if_auth_enabled
+
+        class _Node(ray_node.Node):  # type: ignore[misc]
+            def start_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+                """Not started (see :func:`_start_embedded`)."""
+
+        params = parameter.RayParams(num_cpus=num_cpus, include_dashboard=False, dashboard_agent_listen_port=_free_port())
+    except (ImportError, AttributeError, TypeError):
+        return None
+    enable_token_auth_by_default()  # as ray.init does for a new local cluster (RAY_AUTH_MODE, when set, wins)
+    ensure_token_if_auth_enabled({}, create_token_if_missing=True)
+    usage_lib.set_usage_stats_enabled_via_env_var(False)
+    return _Node(ray_params=params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
 
 
 def _check_reachable(address: str) -> None:
@@ -115,8 +169,18 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> RayCo
     # The embedded Ray keeps Ray's default (token authentication on, on 127.0.0.1); Ray's
     # warning about that default gives the user nothing to act on, so it is not shown.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)  # never a stray local cluster
-    return RayConnection(address=None, started=True)
+    node = _start_embedded(num_cpus)
+    if node is None:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)  # never a stray local cluster
+        return RayConnection(address=None, started=True)
+    connection = RayConnection(address=None, started=True, node=node)
+    atexit.register(connection.close)  # an exception or exit before close(): the node's processes go with the driver
+    try:
+        ray.init(address=node.address, **quiet)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def cluster_resources() -> dict[str, float]:
