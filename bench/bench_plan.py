@@ -173,6 +173,7 @@ def startup(trees: dict[str, Path], folder: Path, timeout: float) -> list[dict[s
     parts = {
         "import the run command": "import orchestrator.cli.run, orchestrator.execution.runner",
         "ray.init (embedded, 2 CPUs)": "import ray; ray.init(address='local', num_cpus=2, include_dashboard=False, logging_level='WARNING'); ray.shutdown()",
+        "the embedded Ray's start (ray_backend.connect, 2 CPUs)": "from orchestrator.execution.ray_backend import connect; connect(num_cpus=2).close()",
         "import mlflow, open the store": f"from orchestrator.records.store import open_store; open_store('sqlite:///{folder}/startup_new/mlflow.db')",
         "python itself": "pass",
     }
