@@ -93,19 +93,22 @@ def test_sigkill_of_a_worker_mid_trial_is_retried_without_a_duplicate(write_stud
     assert_one_finished_run_per_trial(tracking_uri, study)
 
 
-def test_sigint_stops_cleanly_and_the_next_run_resumes(write_study, tracking_uri, subprocess_env):
-    path = write_study("interrupted", {"A": [0, 1, 2], "B": [0, 1]}, LONG)
+@pytest.mark.parametrize("sig, code, says", [(signal.SIGINT, 130, "interrupted - run again to resume"),
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM - run again to resume")], ids=["sigint", "sigterm"])
+def test_sigint_stops_cleanly_and_the_next_run_resumes(sig, code, says, write_study, tracking_uri, subprocess_env):
+    """Ctrl-C, and SIGTERM (what a scheduler evicting the driver sends; Ray's own handler would abort the driver)."""
+    path = write_study(f"interrupted_{sig.name.lower()}", {"A": [0, 1, 2], "B": [0, 1]}, LONG)
     study = load_study(path, "full")
     driver = start_driver(path, tracking_uri, subprocess_env)
     try:
         wait_for(lambda: any(r.info.status == "FINISHED" for r in runs_of(tracking_uri, study.name)), 60, "a first finished trial")
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(sig)
         output, _ = driver.communicate(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == 130, output
-    assert "interrupted - run again to resume" in output
+    assert driver.returncode == code, output
+    assert says in output and "SIGTERM received" not in output
     statuses = collections.Counter(r.info.status for r in runs_of(tracking_uri, study.name))
     assert statuses["KILLED"] >= 1 and statuses["RUNNING"] == 0, statuses
     assert [r.info.status for r in runs_of(tracking_uri, study.name, "execution")] == ["KILLED"]

@@ -1,7 +1,7 @@
 """``orchestrator run | status | ui | executions``: execute a study and look at its records.
 
 Exit status of ``run``: 0 every trial finished, 1 some failed (the count is printed),
-2 usage error / unreachable store / bad Ray address, 130 interrupted by Ctrl-C.
+2 usage error / unreachable store / bad Ray address, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class ExecutionSummary:
         planned: trials in the plan; skipped: already FINISHED in the lineage (resume).
         finished, failed, diverged, killed: outcomes of the trials run now
             (diverged trials are also counted as finished).
-        interrupted: stopped early by Ctrl-C.
+        interrupted: stopped early by Ctrl-C (SIGINT) or SIGTERM (a scheduler evicting the driver, ``kill``).
+        stopped_by: the signal that stopped it (``SIGINT`` or ``SIGTERM``), when interrupted.
         wall_s: seconds from the first submission to the last record.
         results: the final result of every trial run now.
         errors: records that could not be written.
@@ -74,6 +75,7 @@ class ExecutionSummary:
     diverged: int = 0
     killed: int = 0
     interrupted: bool = False
+    stopped_by: str = "SIGINT"
     wall_s: float = 0.0
     stale_closed: int = 0
     results: list[TrialResult] = field(default_factory=list)
@@ -89,9 +91,9 @@ class ExecutionSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 all good, 1 some trials failed or records are pending, 130 interrupted by Ctrl-C."""
+        """0 all good, 1 some trials failed or records are pending, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM."""
         if self.interrupted:
-            return 130
+            return 143 if self.stopped_by == "SIGTERM" else 130
         if self.error:
             return 1
         return 1 if self.failed or self.errors or self.pending else 0
@@ -123,7 +125,7 @@ class ExecutionSummary:
         if short:
             text += f"; {short} trial{'s' if short != 1 else ''} retried because a node had too little free GPU memory"
         if self.interrupted:
-            text += "; interrupted - run again to resume"
+            text += "; interrupted - run again to resume" if self.stopped_by == "SIGINT" else f"; stopped by {self.stopped_by} - run again to resume"
         if self.error:
             text += f"; stopped early: {self.error}"
         if self.pending:
@@ -390,17 +392,21 @@ def _execute(
     else:
         display = _RichProgress(len(trials), summary.study) if progress and sys.stderr.isatty() else _Progress(len(trials), summary.study)
 
-    previous = None
-    interrupts = {"count": 0}
+    previous: dict[int, Any] = {}
+    interrupts: dict[str, Any] = {"count": 0, "by": "SIGINT"}
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
+        """Ctrl-C, or SIGTERM (a scheduler evicting the driver: Kubernetes, Slurm, ``kill``): stop
+        dispatching, cancel what runs and record it KILLED, close the execution; a second one stops at once."""
         interrupts["count"] += 1
+        interrupts["by"] = signal.Signals(signum).name
         stop.set()
         if interrupts["count"] > 1 or executor.interrupts_trial:
             raise KeyboardInterrupt  # in-process: interrupt the trial itself; twice: stop now
 
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        # SIGTERM too: otherwise Ray's own handler in the driver aborts the process and leaves the execution RUNNING
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     start = time.monotonic()
     try:
         with display:
@@ -418,12 +424,13 @@ def _execute(
         for trial, attempt in executor.cancel():
             on_killed(trial, attempt)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # None: a handler not set from Python
     for trial, batch in executor.final_metrics():
         recorder.trial_metrics(trial, batch)
     summary.error = executor.error or recorder.lease.lost
     summary.interrupted = bool(interrupted or stop.is_set()) and summary.error is None
+    summary.stopped_by = interrupts["by"]
     summary.finished, summary.failed, summary.diverged, summary.killed = counts["finished"], counts["failed"], counts["diverged"], counts["killed"]
     summary.retried, summary.retries_used = dict(executor.retried), executor.retries_used
     status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed or summary.error else "FINISHED")

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import OrchestratorError
 from .search import SEARCH_STREAM, ConfigurationOutcome, Search, SearchFailed, Selection, plan_searches, select
@@ -158,10 +158,10 @@ def search_phase(
 
     if pending:
         stop = stop or threading.Event()
-        previous = None
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            # Ctrl-C stops the experiment: finished searches stay recorded, the rest are left for a resume
-            previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+            # Ctrl-C or SIGTERM stops the experiment: finished searches stay recorded, the rest are left for a resume
+            previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if in_process:
                 run_in_process(pending, done, stop)
@@ -176,8 +176,8 @@ def search_phase(
                         break
                     run_searches(group, on_search_done=done, max_concurrent=max_concurrent, stop=stop)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # None: a handler not set from Python
         if stop.is_set():
             raise SearchInterrupted(
                 f"interrupted in the search phase after {phase.searched} of {len(pending)} searches: the finished ones are recorded; "
