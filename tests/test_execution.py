@@ -293,3 +293,17 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
     except OSError:
         return ""
+
+
+def test_where_rays_internals_differ_the_embedded_start_falls_back_to_ray_init(monkeypatch):
+    """_start_embedded leans on Ray's internal Node/RayParams (pinned Ray 2.60): a changed signature
+    makes it return None before anything starts, and connect() then uses a plain ray.init."""
+    import ray._private.parameter
+
+    from orchestrator.execution import ray_backend
+
+    def changed(*args, **kwargs):
+        raise TypeError("__init__() got an unexpected keyword argument 'dashboard_agent_listen_port'")
+
+    monkeypatch.setattr(ray._private.parameter, "RayParams", changed)
+    assert ray_backend._start_embedded(1) is None
