@@ -106,7 +106,7 @@ def _start_embedded(num_cpus: int | None) -> Any:
         from ray._private.authentication.authentication_token_setup import enable_token_auth_by_default, ensure_token_if_auth_enabled
 
         class _Node(ray_node.Node):  # type: ignore[misc]
-            def start_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+            def start_api_server(self, *args: Any, **kwargs: Any) -> None:  # any signature: Ray's may grow arguments
                 """Not started (see :func:`_start_embedded`)."""
 
         params = parameter.RayParams(num_cpus=num_cpus, include_dashboard=False, dashboard_agent_listen_port=_free_port())
