@@ -247,14 +247,14 @@ def test_max_concurrent_limits_trials_in_flight(write_study, tracking_uri):
 
 
 LEAN_START = """
-import json, os, sys
+import json, os
 from pathlib import Path
 import ray
 from orchestrator.execution.ray_backend import connect
 
 connection = connect(num_cpus=1)
 session = connection.node.get_session_dir_path()
-pid = ray.get(ray.remote(lambda: os.getpid()).remote())
+assert ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid()  # a task ran, in a worker of its own
 commands = []
 for entry in Path("/proc").iterdir():
     try:
@@ -264,13 +264,13 @@ for entry in Path("/proc").iterdir():
     if entry.name.isdigit() and any(session in w for w in words):
         commands.append(words)
 connection.close()
-print(json.dumps({"session": session, "worker": pid, "commands": commands}))
+print(json.dumps({"session": session, "commands": commands}))
 """
 
 
 def test_the_embedded_ray_starts_without_its_api_server_on_free_ports_and_stops_every_process(subprocess_env):
     """The embedded node (ray_backend._start_embedded): no dashboard head process (ray.init waits for
-    it: 1.5-2 s of every start), the agent on a free port instead of Ray's fixed 52365 (which a
+    it: 1.5-2 s of every start), the agent on a port the system picks instead of Ray's fixed 52365 (which a
     second Ray on the machine - this session's - already holds), and nothing left after close()."""
     import subprocess
     import sys
@@ -283,7 +283,7 @@ def test_the_embedded_ray_starts_without_its_api_server_on_free_ports_and_stops_
     assert any("raylet/raylet" in p for p in programs) and any("gcs_server" in p for p in programs)
     assert not any("dashboard/dashboard.py" in p for p in programs), programs
     agent = next(p for p in programs if "dashboard/agent.py" in p)
-    assert "--listen-port=52365" not in agent and "--listen-port=" in agent
+    assert "--listen-port=0" in agent.split()
     left = [pid for pid in Path("/proc").iterdir() if pid.name.isdigit() and report["session"] in _cmdline(pid)]
     assert not left, [_cmdline(pid) for pid in left]
 

@@ -21,16 +21,37 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import enum
+import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..design.trial import Resources, Trial, TrialResult, TrialState
 from ..errors import OrchestratorError
 from .worker import Batch
 
-__all__ = ["ClusterError", "Curve", "Executor", "InProcessExecutor", "Loss", "Outcome"]
+__all__ = ["ClusterError", "Curve", "Executor", "InProcessExecutor", "Loss", "Outcome", "STOP_SIGNALS", "stop_signals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""What stops a driver cleanly: Ctrl-C, and SIGTERM (a scheduler evicting it - Kubernetes,
+Slurm, ``ray job stop`` - or ``kill``; left to Ray, its handler aborts the driver)."""
+
+
+@contextlib.contextmanager
+def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """While the block runs, :data:`STOP_SIGNALS` call ``handler(signum, frame)``; the previous
+    handlers come back after it. Only in the main thread (Python delivers signals there alone;
+    elsewhere the block runs unchanged)."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)  # None: a handler not set from Python
 
 Curve = Batch
 """A trial's per-step metrics: ``[(step, {metric: value}, timestamp_ms), ...]``."""

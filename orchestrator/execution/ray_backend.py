@@ -70,18 +70,7 @@ class RayConnection:
             ray.shutdown()
         if self.node is not None:
             node, self.node = self.node, None
-            _stop_node(node)
-
-
-def _stop_node(node: Any) -> None:
-    """Stop an embedded node's processes (idempotent: the node forgets the processes it killed)."""
-    node.kill_all_processes(check_alive=False, allow_graceful=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+            node.kill_all_processes(check_alive=False, allow_graceful=True)
 
 
 def _start_embedded(num_cpus: int | None) -> Any:
@@ -91,9 +80,10 @@ def _start_embedded(num_cpus: int | None) -> Any:
       usage statistics, which an embedded run turns off, yet ``ray.init`` waits for it to come
       up before it starts the raylet: 1.5-2 s of every start on 2 cores (bench/RESULTS.md,
       Plans and start-up).
-    * The node's dashboard agent listens on a free port instead of Ray's fixed 52365: with a
-      second Ray on the machine (another study, a test session) the agent otherwise retries
-      that port for 3.4 s before the raylet can register.
+    * The node's dashboard agent listens on a port the system picks (port 0, which Ray's agent
+      supports) instead of Ray's fixed 52365: with a second Ray on the machine (another study,
+      a test session) the agent otherwise retries that port for 3.4 s before the raylet can
+      register.
 
     The node is started through Ray's own ``Node`` class (``ray._private``, the pinned Ray
     2.60): returns ``None`` where that interface is not what this code expects, and the
@@ -109,7 +99,7 @@ def _start_embedded(num_cpus: int | None) -> Any:
             def start_api_server(self, *args: Any, **kwargs: Any) -> None:  # any signature: Ray's may grow arguments
                 """Not started (see :func:`_start_embedded`)."""
 
-        params = parameter.RayParams(num_cpus=num_cpus, include_dashboard=False, dashboard_agent_listen_port=_free_port())
+        params = parameter.RayParams(num_cpus=num_cpus, include_dashboard=False, dashboard_agent_listen_port=0)
     except (ImportError, AttributeError, TypeError):
         return None
     enable_token_auth_by_default()  # as ray.init does for a new local cluster (RAY_AUTH_MODE, when set, wins)

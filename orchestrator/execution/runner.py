@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ..design.trial import Resources, Trial, TrialResult, TrialState
 from ..errors import OrchestratorError
 from ..records.recorder import Mode
-from .executor import Executor, InProcessExecutor, Outcome
+from .executor import Executor, InProcessExecutor, Outcome, stop_signals
 
 if TYPE_CHECKING:
     from ..definition.study import Study
@@ -392,7 +392,6 @@ def _execute(
     else:
         display = _RichProgress(len(trials), summary.study) if progress and sys.stderr.isatty() else _Progress(len(trials), summary.study)
 
-    previous: dict[int, Any] = {}
     interrupts: dict[str, Any] = {"count": 0, "by": "SIGINT"}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -404,28 +403,23 @@ def _execute(
         if interrupts["count"] > 1 or executor.interrupts_trial:
             raise KeyboardInterrupt  # in-process: interrupt the trial itself; twice: stop now
 
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM too: otherwise Ray's own handler in the driver aborts the process and leaves the execution RUNNING
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     start = time.monotonic()
-    try:
-        with display:
-            tick = (lambda running: display.update(counts, min(running, slots))) if progress else (lambda running: None)
-            interrupted = executor.run(trials, retries=retries, window=window, on_done=on_done, on_killed=on_killed, stop=stop, tick=tick)
-            if progress:
-                display.update(counts, 0, final=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        for outcome in executor.collect(0):  # results that came back while the interrupt landed
-            if outcome.result is not None and outcome.result.state is not TrialState.KILLED:
-                on_done(outcome)
-            else:
-                on_killed(outcome.trial, outcome.attempt)
-        for trial, attempt in executor.cancel():
-            on_killed(trial, attempt)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # None: a handler not set from Python
+    with stop_signals(on_signal):
+        try:
+            with display:
+                tick = (lambda running: display.update(counts, min(running, slots))) if progress else (lambda running: None)
+                interrupted = executor.run(trials, retries=retries, window=window, on_done=on_done, on_killed=on_killed, stop=stop, tick=tick)
+                if progress:
+                    display.update(counts, 0, final=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            for outcome in executor.collect(0):  # results that came back while the interrupt landed
+                if outcome.result is not None and outcome.result.state is not TrialState.KILLED:
+                    on_done(outcome)
+                else:
+                    on_killed(outcome.trial, outcome.attempt)
+            for trial, attempt in executor.cancel():
+                on_killed(trial, attempt)
     for trial, batch in executor.final_metrics():
         recorder.trial_metrics(trial, batch)
     summary.error = executor.error or recorder.lease.lost

@@ -14,11 +14,10 @@ seed and declaration, both part of the plan.
 from __future__ import annotations
 
 import dataclasses
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from ..errors import OrchestratorError
 from .search import SEARCH_STREAM, ConfigurationOutcome, Search, SearchFailed, Selection, plan_searches, select
@@ -158,11 +157,10 @@ def search_phase(
 
     if pending:
         stop = stop or threading.Event()
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            # Ctrl-C or SIGTERM stops the experiment: finished searches stay recorded, the rest are left for a resume
-            previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        from ..execution.executor import stop_signals
+
+        # Ctrl-C or SIGTERM stops the experiment: finished searches stay recorded, the rest are left for a resume
+        with stop_signals(lambda signum, frame: stop.set()):
             if in_process:
                 run_in_process(pending, done, stop)
             else:
@@ -175,9 +173,6 @@ def search_phase(
                     if stop.is_set():
                         break
                     run_searches(group, on_search_done=done, max_concurrent=max_concurrent, stop=stop)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # None: a handler not set from Python
         if stop.is_set():
             raise SearchInterrupted(
                 f"interrupted in the search phase after {phase.searched} of {len(pending)} searches: the finished ones are recorded; "
